@@ -1,0 +1,75 @@
+"""Softmax + cross-entropy, fused: one pass for the loss, the gradient and the
+number of correct predictions.  Numba, float32 in, float64 accumulation."""
+
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+
+_JIT = dict(nogil=True, cache=True, parallel=True, error_model="numpy")
+
+
+@nb.njit(**_JIT)
+def _softmax_xent(z, labels, dz, row_loss, row_hit, scale):
+    n, m = z.shape
+    for i in nb.prange(n):
+        zmax = z[i, 0]
+        arg = 0
+        for j in range(1, m):
+            if z[i, j] > zmax:
+                zmax = z[i, j]
+                arg = j
+        lab = labels[i]
+        zlab = z[i, lab]  # read before dz (possibly z itself) is overwritten
+        s = 0.0
+        for j in range(m):
+            e = np.exp(z[i, j] - zmax)
+            dz[i, j] = e
+            s += e
+        row_loss[i] = np.log(s) - (zlab - zmax)
+        row_hit[i] = 1 if arg == lab else 0
+        inv = np.float32(scale / s)
+        for j in range(m):
+            dz[i, j] *= inv
+        dz[i, lab] -= np.float32(scale)
+
+
+@nb.njit(**_JIT)
+def _softmax_xent_eval(z, labels, row_loss, row_hit):
+    n, m = z.shape
+    for i in nb.prange(n):
+        zmax = z[i, 0]
+        arg = 0
+        for j in range(1, m):
+            if z[i, j] > zmax:
+                zmax = z[i, j]
+                arg = j
+        s = 0.0
+        for j in range(m):
+            s += np.exp(z[i, j] - zmax)
+        row_loss[i] = np.log(s) - (z[i, labels[i]] - zmax)
+        row_hit[i] = 1 if arg == labels[i] else 0
+
+
+def softmax_cross_entropy(
+    z: np.ndarray,
+    labels: np.ndarray,
+    dz: np.ndarray | None,
+    row_loss: np.ndarray,
+    row_hit: np.ndarray,
+) -> tuple[float, int]:
+    """Mean cross-entropy of softmax(z) against ``labels`` and the gradient w.r.t. ``z``.
+
+    z: (batch, n_classes) float32 logits.  labels: (batch,) int32 in [0, n_classes).
+    dz: (batch, n_classes) float32, overwritten with ``(softmax(z) - onehot) / batch``;
+    may be ``z`` itself (in place) or None for evaluation only.
+    row_loss: (>= batch,) float64 and row_hit: (>= batch,) int32 scratch.
+    Returns ``(loss summed over the batch, number of correct argmax predictions)``;
+    the sums are taken in a fixed order, so they are reproducible.
+    """
+    n = z.shape[0]
+    if dz is None:
+        _softmax_xent_eval(z, labels, row_loss[:n], row_hit[:n])
+    else:
+        _softmax_xent(z, labels, dz, row_loss[:n], row_hit[:n], 1.0 / n)
+    return float(row_loss[:n].sum()), int(row_hit[:n].sum())
