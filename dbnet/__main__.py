@@ -1,0 +1,5 @@
+import sys
+
+from dbnet.cli import main
+
+sys.exit(main())
