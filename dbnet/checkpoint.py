@@ -2,7 +2,7 @@
 
 Layout: ``/params`` (n_params,) float32, ``/optimizer/<name>`` (n_params,)
 float32 per state array of the update rule, ``/metrics/*`` (the curves so
-far), root attributes for the loop position (``step``, ``epoch``,
+far), ``/extra/*`` (algorithm-specific arrays, e.g. Downpour's replica positions), root attributes for the loop position (``step``, ``epoch``,
 ``batch_in_epoch``, ``examples_seen``, ``wall_seconds``, ``train_seconds``)
 and ``config`` (the resolved TOML).  Files are written atomically; the loader
 validates every piece and raises :class:`~dbnet.errors.CheckpointError`.
@@ -11,7 +11,7 @@ validates every piece and raises :class:`~dbnet.errors.CheckpointError`.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import h5py
@@ -43,6 +43,7 @@ class Checkpoint:
     loop: LoopState
     config_toml: str
     metrics: Metrics
+    extra: dict[str, np.ndarray] = field(default_factory=dict)  # algorithm-specific, e.g. replica positions
 
 
 def checkpoint_name(step: int) -> str:
@@ -63,6 +64,9 @@ def save(path: str | Path, ckpt: Checkpoint) -> None:
             for name, arr in ckpt.optimizer.items():
                 opt.create_dataset(name, data=arr)
             ckpt.metrics.write_group(f.create_group("metrics"))
+            ex = f.create_group("extra")
+            for name, arr in ckpt.extra.items():
+                ex.create_dataset(name, data=arr)
 
 
 def load(path: str | Path, n_params: int | None = None, state_names: tuple[str, ...] | None = None) -> Checkpoint:
@@ -96,7 +100,8 @@ def load(path: str | Path, n_params: int | None = None, state_names: tuple[str, 
         except KeyError as e:
             raise CheckpointError(f"{path}: missing attribute {e}") from None
         metrics = Metrics.read_group(f["metrics"], str(path))
-    return Checkpoint(params, optimizer, loop, config_toml, metrics)
+        extra = {k: f["extra"][k][()] for k in f["extra"]} if "extra" in f else {}
+    return Checkpoint(params, optimizer, loop, config_toml, metrics, extra)
 
 
 def list_checkpoints(directory: str | Path) -> list[Path]:

@@ -14,28 +14,59 @@ from dbnet.errors import DbnetError
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from dbnet import mpi
+
+    if args.resume and args.config:
+        raise DbnetError("give either CONFIG or --resume RUN_DIR, not both (the run directory holds its config)")
+    if mpi.launched_by_mpi():
+        from dbnet import distributed
+
+        return distributed.main(args.config, args.set, args.resume, args.quiet)
+
     from dbnet import config as config_mod
     from dbnet.progress import Progress
     from dbnet.train import resume_config, train
 
     progress = Progress(None, enabled=False if args.quiet else None)
     if args.resume:
-        if args.config:
-            raise DbnetError("give either CONFIG or --resume RUN_DIR, not both (the run directory holds its config)")
         cfg, rd, ck = resume_config(args.resume, args.set)
+        _require_single_process(cfg, f"--resume {args.resume}")
         progress.log(f"resuming {rd.path} from step {ck.loop.step}")
         s = train(cfg, rd=rd, resume=ck, progress=progress)
     else:
         if not args.config:
-            raise DbnetError("dbnet train needs a CONFIG file (e.g. experiments/fashion_mlp.toml) or --resume RUN_DIR")
+            raise DbnetError("dbnet train needs a CONFIG file (e.g. experiments/fashion_mlp_sgd.toml) or --resume RUN_DIR")
         cfg = config_mod.load(args.config, args.set)
+        _require_single_process(cfg, args.config)
         s = train(cfg, progress=progress)
+    print_summary(s)
+    return 0
+
+
+def _require_single_process(cfg, what: str) -> None:
+    if cfg.distributed:
+        from dbnet.topology import world_size
+
+        t = cfg.topology
+        n = world_size(t.shards, t.replicas, t.partitions)
+        raise DbnetError(f"train.algorithm = {cfg.train.algorithm!r} runs under MPI on {n} ranks: "
+                         f"dbnet launch {what}  (or: mpiexec -n {n} dbnet train ..., srun -n {n} dbnet train ...)")
+
+
+def print_summary(s: dict) -> None:
     print(f"done: {s['stopped_because']}; test accuracy {100 * s['final_test_accuracy']:.2f}% "
           f"(best {100 * s['best_test_accuracy']:.2f}%), {s['examples_seen']} examples in {s['wall_seconds']:.1f} s "
           f"({s['examples_per_second']:,.0f} examples/s)")
     print(f"summary: {s['run_dir']}/summary.json")
     print(f"plot:    {s['plot']}")
-    return 0
+
+
+def _cmd_launch(args: argparse.Namespace) -> int:
+    from dbnet.launch import launch
+
+    import shlex
+
+    return launch(args.config, args.set, args.resume, shlex.split(args.mpiexec_args), quiet=args.quiet)
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -57,6 +88,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint")
     t.add_argument("--quiet", action="store_true", help="print only the final result")
     t.set_defaults(func=_cmd_train)
+
+    la = sub.add_parser("launch", help="run a distributed config under mpiexec with the right number of ranks")
+    la.add_argument("config", nargs="?", help="TOML config file")
+    la.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    la.add_argument("--resume", metavar="RUN_DIR")
+    la.add_argument("--quiet", action="store_true")
+    la.add_argument("--mpiexec-args", default="", metavar="ARGS",
+                    help="extra arguments for mpiexec, as one string (e.g. --mpiexec-args='--bind-to none')")
+    la.set_defaults(func=_cmd_launch)
 
     i = sub.add_parser("info", help="versions, MPI library, threads, BLAS")
     i.set_defaults(func=_cmd_info)

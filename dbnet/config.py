@@ -54,6 +54,7 @@ class RunConfig:
     name: str = "run"
     out_dir: str = "runs"
     seed: int = _nonneg(0)
+    threads: int = _nonneg(0)  # threads per process (Numba and BLAS); 0: the node's cores / ranks on it
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,7 @@ class TrainConfig:
     least one of max_steps, max_epochs, max_seconds must be set.
     """
 
-    algorithm: str = _choice("sgd", default="sgd")
+    algorithm: str = _choice("sgd", "downpour", default="sgd")
     batch_size: int = _positive(128)
     max_steps: int = _nonneg(0)
     max_epochs: float = _nonneg(0.0)
@@ -113,6 +114,50 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class TopologyConfig:
+    """How many ranks do what (distributed algorithms): world size = shards + replicas x partitions."""
+
+    shards: int = _positive(1)
+    replicas: int = _positive(1)
+    partitions: int = _rule(lambda v: v == 1, "1 (model parallelism is not implemented yet)", default=1)
+
+
+@dataclass(frozen=True)
+class DownpourConfig:
+    """Downpour SGD (DistBelief section 4.1); the shards apply ``[optimizer]``'s rule.
+
+    n_fetch / n_push: fetch parameters every n_fetch steps, push the accrued
+    gradient every n_push steps.  alpha: local step size between fetches
+    (0: none).  Warmstart: replica 0 trains alone for warmstart_steps steps
+    and/or warmstart_seconds before the others start.  timeout_seconds bounds
+    every wait (a replica waiting for a shard, the shutdown).
+    """
+
+    n_fetch: int = _positive(1)
+    n_push: int = _positive(1)
+    alpha: float = _nonneg(0.0)
+    warmstart_steps: int = _nonneg(0)
+    warmstart_seconds: float = _nonneg(0.0)
+    apply_chunk: int = _positive(1 << 20)
+    timeout_seconds: float = _positive(120.0)
+
+
+@dataclass(frozen=True)
+class FaultsConfig:
+    """Injected faults, for tests and demonstrations (-1: none).
+
+    fail_replica stops at its step fail_at_step as if its step raised;
+    nan_replica pushes a gradient full of NaN at its step nan_at_step (the
+    shards must reject it).
+    """
+
+    fail_replica: int = _rule(lambda v: v >= -1, ">= -1", default=-1)
+    fail_at_step: int = _nonneg(0)
+    nan_replica: int = _rule(lambda v: v >= -1, ">= -1", default=-1)
+    nan_at_step: int = _nonneg(0)
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole resolved configuration of a run."""
 
@@ -121,6 +166,20 @@ class Config:
     model: ModelConfig = ModelConfig()
     optimizer: OptimizerConfig = OptimizerConfig()
     train: TrainConfig = TrainConfig(max_epochs=1.0)
+    topology: TopologyConfig = TopologyConfig()
+    downpour: DownpourConfig = DownpourConfig()
+    faults: FaultsConfig = FaultsConfig()
+
+    def __post_init__(self):
+        for key in ("fail_replica", "nan_replica"):
+            value = getattr(self.faults, key)
+            if value >= self.topology.replicas:
+                raise ConfigError(f"faults.{key} = {value}: must be < topology.replicas = {self.topology.replicas}")
+
+    @property
+    def distributed(self) -> bool:
+        """True for algorithms that run under MPI."""
+        return self.train.algorithm != "sgd"
 
     def replace(self, **sections) -> Config:
         return dataclasses.replace(self, **sections)
@@ -192,7 +251,10 @@ def from_dict(doc: dict, source: str = "config") -> Config:
     for name, cls in SECTIONS.items():
         if name in doc:
             sections[name] = _build_section(name, cls, doc[name], source)
-    return Config(**sections)
+    try:
+        return Config(**sections)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
 
 
 def _parse_override(item: str) -> tuple[str, str, Any]:

@@ -26,11 +26,14 @@ from dbnet.optim import UpdateRule
 from dbnet.progress import Progress
 from dbnet.build import build_spec, dataset_file
 from dbnet.rundir import RunDir, make_summary
+from dbnet.threads import set_threads
 
 
 def run(cfg: Config, rd: RunDir, resume: ckpt_mod.Checkpoint | None, progress: Progress) -> dict:
     """Train ``cfg`` in this process, writing into ``rd``; returns the summary dict."""
     tc = cfg.train
+    if cfg.run.threads:
+        set_threads(cfg.run.threads)
     path = dataset_file(cfg.data)
     with H5Dataset(path, "train") as train, H5Dataset(path, "test") as test:
         spec = build_spec(cfg.model, train)
