@@ -148,13 +148,15 @@ class FaultsConfig:
 
     fail_replica stops at its step fail_at_step as if its step raised;
     nan_replica pushes a gradient full of NaN at its step nan_at_step (the
-    shards must reject it).
+    shards must reject it); crash_rank raises an unhandled error on that
+    world rank after start-up (the whole job must end, not hang).
     """
 
     fail_replica: int = _rule(lambda v: v >= -1, ">= -1", default=-1)
     fail_at_step: int = _nonneg(0)
     nan_replica: int = _rule(lambda v: v >= -1, ">= -1", default=-1)
     nan_at_step: int = _nonneg(0)
+    crash_rank: int = _rule(lambda v: v >= -1, ">= -1", default=-1)  # unhandled error at start: the job must abort
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dbnet  # noqa: F401 - first, so its BLAS/OpenMP settings apply before numpy loads (when it can)
+
 import shutil
 from pathlib import Path
 

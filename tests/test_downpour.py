@@ -1,0 +1,163 @@
+"""Downpour SGD and the parameter server under a real mpiexec (Open MPI and MPICH).
+
+Every run has a hard timeout (tests/mpirun.py): a hang fails, it never blocks CI.
+The world sizes used are 2, 3, 4 and 5 ranks (odd ones included) on 2 cores.
+"""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from dbnet import checkpoint as ckpt_mod
+from dbnet.rundir import RunDir
+from mpirun import run_mpi
+
+IMPLS = ["openmpi", "mpich"]
+
+
+def write_cfg(tmp_path, h5, *, algorithm="downpour", shards=2, replicas=3, extra=""):
+    out = tmp_path / "runs"
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    cfg = tmp_path / f"{algorithm}-{shards}x{replicas}.toml"
+    cfg.write_text(f"""
+[run]
+out_dir = "{out}"
+seed = 5
+threads = 1
+[data]
+path = "{h5}"
+[model]
+hidden = [32]
+[optimizer]
+rule = "sgd"
+lr = 0.05
+[train]
+algorithm = "{algorithm}"
+batch_size = 32
+eval_every_seconds = 0
+eval_examples = 500
+checkpoint_every_seconds = 0
+[topology]
+shards = {shards}
+replicas = {replicas}
+{extra}
+""")
+    return cfg
+
+
+def only_run_dir(tmp_path):
+    (d,) = list((tmp_path / "runs").iterdir())
+    return RunDir(d)
+
+
+def final_params(rd: RunDir) -> np.ndarray:
+    return ckpt_mod.load(rd.latest_checkpoint()).params
+
+
+def summary(rd: RunDir) -> dict:
+    return json.loads(rd.summary_path.read_text())
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_wrong_rank_count_is_one_clear_error(tmp_path, fashion_mnist_h5, impl):
+    cfg = write_cfg(tmp_path, fashion_mnist_h5, shards=2, replicas=3)
+    r = run_mpi(4, ["train", str(cfg), "--set", "train.max_steps=10"], impl=impl, timeout=60)
+    assert r.returncode != 0
+    msg = "need 5 ranks (2 shards + 3 replicas x 1 partition), got 4: run mpiexec -n 5"
+    assert r.stderr.count(msg) == 1, r.stderr
+    assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("shards, impl", [(1, "openmpi"), (2, "openmpi"), (3, "openmpi"), (2, "mpich")])
+def test_one_replica_downpour_is_bit_identical_to_sgd(tmp_path, fashion_mnist_h5, shards, impl):
+    """1 replica, n_fetch = n_push = 1, fixed rate, alpha = 0: exactly single-process SGD."""
+    steps = ["--set", "train.max_steps=60"]
+    sgd_cfg = write_cfg(tmp_path / "sgd", fashion_mnist_h5, algorithm="sgd", shards=1, replicas=1)
+    # The reference runs in a fresh process too, so BLAS kernel choice and threads are the same.
+    ref = subprocess.run([sys.executable, "-m", "dbnet", "train", str(sgd_cfg), *steps], capture_output=True,
+                         text=True, timeout=120)
+    assert ref.returncode == 0, ref.stderr
+    sgd_rd = only_run_dir(tmp_path / "sgd")
+    dp_cfg = write_cfg(tmp_path / "dp", fashion_mnist_h5, shards=shards, replicas=1)
+    r = run_mpi(1 + shards, ["train", str(dp_cfg), *steps], impl=impl)
+    assert r.returncode == 0, r.stderr
+    rd = only_run_dir(tmp_path / "dp")
+    assert summary(rd)["steps"] == summary(sgd_rd)["steps"] == 60
+    assert np.array_equal(final_params(rd), final_params(sgd_rd))
+    assert summary(rd)["shards"][0]["staleness_histogram"][0] == 60  # a lone replica is never stale
+
+
+def test_downpour_adagrad_3_replicas_2_shards_reaches_85_percent(tmp_path, fashion_mnist_h5):
+    cfg = write_cfg(tmp_path, fashion_mnist_h5, shards=2, replicas=3)
+    r = run_mpi(5, ["train", str(cfg), "--set", "model.hidden=[256]", "--set", "optimizer.rule='adagrad'",
+                    "--set", "optimizer.lr=0.02", "--set", "train.max_epochs=3", "--set", "train.batch_size=64",
+                    "--set", "train.eval_examples=0", "--set", "downpour.warmstart_steps=50"], timeout=240)
+    assert r.returncode == 0, r.stderr
+    s = summary(only_run_dir(tmp_path))
+    assert s["algorithm"] == "downpour" and s["final_test_accuracy"] >= 0.85, s["final_test_accuracy"]
+    assert s["examples_seen"] >= 3 * 60000 and s["lost_replicas"] == []
+    assert all(rep["steps"] > 0 and rep["pushes"] == rep["steps"] for rep in s["replicas"])
+    assert sum(sh["updates_applied"] for sh in s["shards"]) == 2 * sum(rep["pushes"] for rep in s["replicas"])
+    assert s["topology"] == {"shards": 2, "replicas": 3, "partitions": 1, "coordinator": False, "world_size": 5}
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_a_failed_replica_does_not_stop_the_others(tmp_path, fashion_mnist_h5, impl):
+    cfg = write_cfg(tmp_path, fashion_mnist_h5, shards=1, replicas=3,
+                    extra="[faults]\nfail_replica = 2\nfail_at_step = 20\n")
+    r = run_mpi(4, ["train", str(cfg), "--set", "train.max_steps=300"], impl=impl)
+    assert r.returncode == 0, r.stderr
+    assert "lost replicas: [2]" in r.stdout
+    s = summary(only_run_dir(tmp_path))
+    assert s["lost_replicas"] == [2] and s["stopped_because"] == "reached 300 steps"
+    failed = s["replicas"][2]
+    assert failed["state"] == "failed" and failed["steps"] == 20 and "injected fault" in failed["error"]
+    assert s["examples_seen"] >= 300 * 32 and s["final_test_accuracy"] > 0.6
+
+
+def test_nan_gradient_is_rejected_not_applied(tmp_path, fashion_mnist_h5):
+    cfg = write_cfg(tmp_path, fashion_mnist_h5, shards=3, replicas=2, extra="[faults]\nnan_replica = 1\nnan_at_step = 5\n")
+    r = run_mpi(5, ["train", str(cfg), "--set", "train.max_steps=100"])
+    assert r.returncode == 0, r.stderr
+    rd = only_run_dir(tmp_path)
+    s = summary(rd)
+    assert s["pushes_rejected"] == 3 and [sh["pushes_rejected"] for sh in s["shards"]] == [1, 1, 1]
+    assert np.isfinite(final_params(rd)).all() and s["final_test_accuracy"] > 0.5
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_an_unhandled_error_on_one_rank_ends_the_job(tmp_path, fashion_mnist_h5, impl):
+    cfg = write_cfg(tmp_path, fashion_mnist_h5, shards=1, replicas=2, extra="[faults]\ncrash_rank = 2\n")
+    r = run_mpi(3, ["train", str(cfg), "--set", "train.max_steps=100000"], impl=impl, timeout=90)
+    assert r.returncode != 0
+    assert "unhandled error on rank 2 (shard 0)" in r.stderr and "injected crash" in r.stderr
+
+
+def test_resume_continues_a_downpour_job(tmp_path, fashion_mnist_h5):
+    cfg = write_cfg(tmp_path, fashion_mnist_h5, shards=2, replicas=2,
+                    extra="[downpour]\nwarmstart_steps = 10\n")
+    r = run_mpi(4, ["train", str(cfg), "--set", "train.max_steps=150", "--set", "train.checkpoint_every_steps=50"])
+    assert r.returncode == 0, r.stderr
+    rd = only_run_dir(tmp_path)
+    first = ckpt_mod.load(rd.latest_checkpoint())
+    assert first.extra["replica_positions"].shape == (2, 4) and first.loop.examples_seen >= 150 * 32
+    r = run_mpi(4, ["train", "--resume", str(rd.path), "--set", "train.max_steps=300"])
+    assert r.returncode == 0, r.stderr
+    assert "resuming" in r.stderr
+    s = summary(rd)
+    assert s["examples_seen"] >= 300 * 32 and s["final_test_accuracy"] > 0.7
+    steps = [rep["steps"] for rep in s["replicas"]]
+    assert sum(steps) * 32 >= 300 * 32  # replica step counters continue from the checkpoint
+
+
+def test_single_process_algorithm_refuses_mpi_and_vice_versa(tmp_path, fashion_mnist_h5):
+    sgd_cfg = write_cfg(tmp_path, fashion_mnist_h5, algorithm="sgd")
+    r = run_mpi(2, ["train", str(sgd_cfg), "--set", "train.max_steps=5"])
+    assert r.returncode == 2 and r.stderr.count("runs in one process") == 1
+    dp_cfg = write_cfg(tmp_path, fashion_mnist_h5)
+    r = subprocess.run([sys.executable, "-m", "dbnet", "train", str(dp_cfg), "--set", "train.max_steps=5"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "runs under MPI on 5 ranks: dbnet launch" in r.stderr
