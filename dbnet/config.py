@@ -128,7 +128,10 @@ class DownpourConfig:
 
     n_fetch / n_push: fetch parameters every n_fetch steps, push the accrued
     gradient every n_push steps.  alpha: local step size between fetches
-    (0: none).  Warmstart: replica 0 trains alone for warmstart_steps steps
+    (0: none).  read_own_writes: a fetch waits until the shards have
+    applied this replica's own previous push (with one replica Downpour is
+    then exactly SGD); false lets fetches run ahead of the shards, as the
+    paper's loosely coupled threads do.  Warmstart: replica 0 trains alone for warmstart_steps steps
     and/or warmstart_seconds before the others start.  timeout_seconds bounds
     every wait (a replica waiting for a shard, the shutdown).
     """
@@ -138,6 +141,7 @@ class DownpourConfig:
     alpha: float = _nonneg(0.0)
     warmstart_steps: int = _nonneg(0)
     warmstart_seconds: float = _nonneg(0.0)
+    read_own_writes: bool = True
     apply_chunk: int = _positive(1 << 20)
     timeout_seconds: float = _positive(120.0)
 

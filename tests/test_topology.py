@@ -44,7 +44,8 @@ def test_shard_window_layout():
     layouts = shard_layouts(n_params=10, shards=3, n_state=1, replicas=2)
     assert [(L.lo, L.n) for L in layouts] == [(0, 4), (4, 3), (7, 3)]
     L = layouts[0]
-    assert L.data_size == 4 * (1 + 1 + 2) and L.state_offset(0) == 4 and L.inbox_offset(0) == 8 and L.inbox_offset(1) == 12
+    assert L.data_size == 4 * (1 + 1 + 2 * 2) and L.state_offset(0) == 4
+    assert [L.inbox_offset(0, p) for p in (1, 2, 3)] == [8, 12, 8] and L.inbox_offset(1, 1) == 16
     assert L.ctrl_size == HEADER + 2 * SLOT_SIZE
-    assert slot(1, Slot.APPLIED_SEQ) == HEADER + SLOT_SIZE + 1
+    assert slot(1, Slot.APPLIED_SEQ) == HEADER + SLOT_SIZE + 1 and SLOT_SIZE == Slot.BASE_VERSION + 2
     assert max(Ctrl) < HEADER and max(Slot) < SLOT_SIZE

@@ -168,7 +168,7 @@ def _replica_main(cfg, topo, windows, spec, rule, path, rd, resume, resume_path,
             while not stop:
                 for x, y in train.batches(B, seed=cfg.run.seed, epoch=pos.epoch, start_batch=pos.batch):
                     if pos.step % dc.n_fetch == 0 and pos.step != fetched_at:
-                        client.fetch(w)
+                        client.fetch(w, own_writes=dc.read_own_writes)
                         fetched_at = pos.step
                     if r == cfg.faults.fail_replica and pos.step == cfg.faults.fail_at_step:
                         raise InjectedFault(f"injected fault: replica {r} stops at step {pos.step}")
@@ -415,7 +415,7 @@ def _summarize(cfg, topo, rd, spec, lead: dict, all_stats: list[dict]) -> dict:
     extra = {
         "topology": topo.describe(),
         "downpour": {k: getattr(cfg.downpour, k) for k in ("n_fetch", "n_push", "alpha", "warmstart_steps",
-                                                           "warmstart_seconds")},
+                                                           "warmstart_seconds", "read_own_writes")},
         "lost_replicas": lost,
         "pushes_per_second": pushes / wall if wall else 0.0,
         "fetches_per_second": fetches / wall if wall else 0.0,

@@ -17,7 +17,7 @@ import time
 import numpy as np
 
 from dbnet.mpi import wait_for
-from dbnet.ps.layout import Ctrl, ReplicaState, Slot, slot
+from dbnet.ps.layout import INBOX_DEPTH, Ctrl, ReplicaState, Slot, slot
 from dbnet.ps.windows import PSWindows
 
 
@@ -86,12 +86,14 @@ class PSClient:
                        op=self.MPI.REPLACE)
         win.Unlock(rank)
 
-    def _wait_slot_free(self, k: int) -> None:
-        if self.seq[k] == 0:
+    def _wait_applied(self, k: int, lag: int = 0) -> None:
+        """Wait until shard ``k`` has consumed all but ``lag`` of this replica's pushes."""
+        if self.seq[k] <= lag:
             return
         index = slot(self.r, Slot.APPLIED_SEQ)
-        self.wait_seconds += wait_for(lambda: self.read(k, index) == self.seq[k], self.timeout,
-                                      f"shard {k} to apply replica {self.r}'s push {self.seq[k]}")
+        target = self.seq[k] - lag
+        self.wait_seconds += wait_for(lambda: self.read(k, index) >= target, self.timeout,
+                                      f"shard {k} to apply replica {self.r}'s push {target}")
 
     # -- parameters --------------------------------------------------------
     def fetch(self, out: np.ndarray, own_writes: bool = True) -> None:
@@ -100,7 +102,7 @@ class PSClient:
         MPI = self.MPI
         for k, (L, rank) in enumerate(zip(self.w.layouts, self.ranks)):
             if own_writes:
-                self._wait_slot_free(k)
+                self._wait_applied(k)
             self.base[k] = self.read(k, Ctrl.VERSION)
             self.w.data_win.Lock(rank, MPI.LOCK_SHARED)
             self.w.data_win.Get([out[L.lo: L.hi], MPI.FLOAT], rank, target=(0, L.n, MPI.FLOAT))
@@ -114,16 +116,19 @@ class PSClient:
         t0 = time.perf_counter()
         MPI = self.MPI
         for k, (L, rank) in enumerate(zip(self.w.layouts, self.ranks)):
-            self._wait_slot_free(k)
+            self._wait_applied(k, lag=INBOX_DEPTH - 1)  # a free inbox slot
+            push = self.seq[k] + 1
             self.w.data_win.Lock(rank, MPI.LOCK_SHARED)
-            self.w.data_win.Put([grad[L.lo: L.hi], MPI.FLOAT], rank, target=(L.inbox_offset(self.r), L.n, MPI.FLOAT))
+            self.w.data_win.Put([grad[L.lo: L.hi], MPI.FLOAT], rank,
+                                target=(L.inbox_offset(self.r, push), L.n, MPI.FLOAT))
             self.w.data_win.Unlock(rank)  # the gradient is in place before the slot is marked full
             win = self.w.ctrl_win
             win.Lock(rank, MPI.LOCK_SHARED)
             win.Accumulate([np.array([self.base[k]], np.int64), MPI.INT64_T], rank,
-                           target=(slot(self.r, Slot.BASE_VERSION), 1, MPI.INT64_T), op=MPI.REPLACE)
+                           target=(slot(self.r, Slot.BASE_VERSION) + (push - 1) % INBOX_DEPTH, 1, MPI.INT64_T),
+                           op=MPI.REPLACE)
             win.Flush(rank)
-            self.seq[k] += 1
+            self.seq[k] = push
             win.Accumulate([np.array([self.seq[k]], np.int64), MPI.INT64_T], rank,
                            target=(slot(self.r, Slot.PUSH_SEQ), 1, MPI.INT64_T), op=MPI.REPLACE)
             win.Unlock(rank)
@@ -135,7 +140,7 @@ class PSClient:
     def drain(self) -> None:
         """Wait until every shard has consumed this replica's pushes."""
         for k in range(self.topo.shards):
-            self._wait_slot_free(k)
+            self._wait_applied(k)
 
     def read_full_state(self, params: np.ndarray, states: dict[str, np.ndarray], state_names) -> list[int]:
         """Copy every shard's parameters and update-rule state (for checkpoints); returns the shards' versions."""

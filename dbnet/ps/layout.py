@@ -5,19 +5,21 @@ vector, of length n.  It exposes two windows made by ``MPI.Win.Allocate``:
 
 * **data** (float32, displacement unit 4 bytes)::
 
-      [ params (n) | state_0 (n) ... state_{m-1} (n) | inbox_0 (n) ... inbox_{R-1} (n) ]
+      [ params (n) | state_0 (n) ... state_{m-1} (n) | inbox (R x INBOX_DEPTH slots of n) ]
 
   ``state_i`` are the update rule's arrays (e.g. Adagrad's sums of squares);
-  ``inbox_r`` is replica r's push slot: replica r puts its gradient there and
-  the shard consumes it.
+  replica r's push number s (counting from 1) goes into its inbox slot
+  ``(s - 1) % INBOX_DEPTH``: with two slots a replica can put its next
+  gradient while the shard still applies the previous one.
 
 * **ctrl** (int64, displacement unit 8 bytes): a header of :class:`Ctrl`
   fields, then one block of :class:`Slot` fields per replica.
 
-The push protocol keeps at most one outstanding push per replica per shard:
-replica r writes ``inbox_r``, then (after a flush) ``BASE_VERSION`` and
-``PUSH_SEQ``; the shard applies the slot and sets ``APPLIED_SEQ = PUSH_SEQ``;
-replica r waits for that before it reuses the slot.
+The push protocol keeps at most INBOX_DEPTH outstanding pushes per replica
+per shard: replica r writes the slot, then (after a flush) its
+``BASE_VERSION`` entry and ``PUSH_SEQ``; the shard applies pushes in order
+and advances ``APPLIED_SEQ``; replica r waits until ``PUSH_SEQ - APPLIED_SEQ
+< INBOX_DEPTH`` before it writes a slot again.
 """
 
 from __future__ import annotations
@@ -44,12 +46,16 @@ class Slot(enum.IntEnum):
 
     PUSH_SEQ = 0      # replica: pushes sent to this shard
     APPLIED_SEQ = 1   # shard: pushes of this replica consumed (applied or rejected)
-    BASE_VERSION = 2  # replica: this shard's VERSION when the pushed gradient's parameters were fetched
-    STATE = 3         # shard 0: replica state (ReplicaState)
-    EPOCH = 4         # shard 0: the replica's data position, for checkpoints ...
-    BATCH = 5
-    STEP = 6
-    EXAMPLES = 7
+    STATE = 2         # shard 0: replica state (ReplicaState)
+    EPOCH = 3         # shard 0: the replica's data position, for checkpoints ...
+    BATCH = 4
+    STEP = 5
+    EXAMPLES = 6
+    BASE_VERSION = 7  # replica, one per inbox slot: this shard's VERSION when the pushed gradient's
+    #                   parameters were fetched (for the staleness count)
+
+
+INBOX_DEPTH = 2
 
 
 class ReplicaState(enum.IntEnum):
@@ -60,7 +66,7 @@ class ReplicaState(enum.IntEnum):
 
 
 HEADER = 8
-SLOT_SIZE = 8
+SLOT_SIZE = Slot.BASE_VERSION + INBOX_DEPTH
 
 
 def slot(replica: int, field: Slot) -> int:
@@ -79,13 +85,14 @@ class ShardLayout:
 
     @property
     def data_size(self) -> int:
-        return self.n * (1 + self.n_state + self.replicas)
+        return self.n * (1 + self.n_state + self.replicas * INBOX_DEPTH)
 
     def state_offset(self, i: int) -> int:
         return self.n * (1 + i)
 
-    def inbox_offset(self, replica: int) -> int:
-        return self.n * (1 + self.n_state + replica)
+    def inbox_offset(self, replica: int, push: int) -> int:
+        """Offset of the slot that holds ``replica``'s push number ``push`` (1-based)."""
+        return self.n * (1 + self.n_state + replica * INBOX_DEPTH + (push - 1) % INBOX_DEPTH)
 
     @property
     def ctrl_size(self) -> int:

@@ -21,7 +21,7 @@ import numpy as np
 
 from dbnet.kernels.updates import count_nonfinite
 from dbnet.optim import UpdateRule
-from dbnet.ps.layout import Ctrl, Slot, slot
+from dbnet.ps.layout import INBOX_DEPTH, Ctrl, Slot, slot
 from dbnet.ps.windows import PSWindows
 
 STALENESS_BINS = 65  # staleness 0..63 and ">= 64"
@@ -45,7 +45,8 @@ class ShardServer:
         data = windows.data
         self.params = data[: L.n]
         self.state = {name: data[L.state_offset(i): L.state_offset(i) + L.n] for i, name in enumerate(rule.state_names)}
-        self.inbox = [data[L.inbox_offset(r): L.inbox_offset(r) + L.n] for r in range(L.replicas)]
+        self.inbox = [[data[L.inbox_offset(r, p): L.inbox_offset(r, p) + L.n] for p in range(1, INBOX_DEPTH + 1)]
+                      for r in range(L.replicas)]
         self.version = version
         self.rejected = 0
         self.staleness = np.zeros(STALENESS_BINS, np.int64)
@@ -75,25 +76,27 @@ class ShardServer:
         return bool(self.snapshot()[Ctrl.STOP])
 
     def serve_once(self) -> bool:
-        """Apply every pending push once; True if there was any."""
+        """Apply every pending push, in order per replica; True if there was any."""
         ctrl = self.snapshot()
         did = False
         for r in range(self.replicas):
-            seq = int(ctrl[slot(r, Slot.PUSH_SEQ)])
-            if seq == ctrl[slot(r, Slot.APPLIED_SEQ)]:
-                continue
-            # staleness: updates applied since the replica fetched the parameters it computed on
-            stale = self.version - int(ctrl[slot(r, Slot.BASE_VERSION)])
-            self.staleness[min(max(stale, 0), STALENESS_BINS - 1)] += 1
-            t0 = time.perf_counter()
-            self._apply(self.inbox[r])
-            self.apply_seconds += time.perf_counter() - t0
-            with self._locked(self.w.ctrl_win):
-                ctrl_live = self.w.ctrl
-                ctrl_live[slot(r, Slot.APPLIED_SEQ)] = seq
-                ctrl_live[Ctrl.VERSION] = self.version
-                ctrl_live[Ctrl.REJECTED] = self.rejected
-            did = True
+            pushed = int(ctrl[slot(r, Slot.PUSH_SEQ)])
+            applied = int(ctrl[slot(r, Slot.APPLIED_SEQ)])
+            while applied < pushed:
+                applied += 1
+                k = (applied - 1) % INBOX_DEPTH
+                # staleness: updates applied since the replica fetched the parameters it computed on
+                stale = self.version - int(ctrl[slot(r, Slot.BASE_VERSION) + k])
+                self.staleness[min(max(stale, 0), STALENESS_BINS - 1)] += 1
+                t0 = time.perf_counter()
+                self._apply(self.inbox[r][k])
+                self.apply_seconds += time.perf_counter() - t0
+                with self._locked(self.w.ctrl_win):
+                    live = self.w.ctrl
+                    live[slot(r, Slot.APPLIED_SEQ)] = applied
+                    live[Ctrl.VERSION] = self.version
+                    live[Ctrl.REJECTED] = self.rejected
+                did = True
         return did
 
     def _apply(self, g: np.ndarray) -> None:

@@ -1,0 +1,94 @@
+"""MPI worker of the ``ps`` benchmark: fetch + push bandwidth against a shard applying Adagrad.
+
+Run by :mod:`dbnet.bench.ps` as ``mpiexec -n R+S python -m dbnet.bench.ps_worker N_PARAMS SECONDS S``.
+Each replica first measures ``np.copyto`` of an array of the model's size
+(the copy rate, same process, same run), then loops ``fetch; push`` for
+SECONDS without computing, so the number is the parameter server's
+transport; the shards apply every push with Adagrad meanwhile.  Rank 0
+prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import dbnet  # noqa: F401 - BLAS/OpenMP settings before numpy
+
+import numpy as np
+
+from dbnet import mpi
+from dbnet.config import OptimizerConfig
+from dbnet.optim import UpdateRule
+from dbnet.ps import PSClient, PSWindows, ShardServer
+from dbnet.ps.layout import Ctrl
+from dbnet.threads import per_rank, set_threads
+from dbnet.topology import Role, build_topology
+
+
+def copy_rate(n: int, repeats: int = 5) -> float:
+    """Bytes copied per second by ``np.copyto`` of ``n`` float32 (median); counts each byte once."""
+    src = np.ones(n, np.float32)
+    dst = np.empty_like(src)
+    np.copyto(dst, src)
+    ts = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        np.copyto(dst, src)
+        ts.append(time.perf_counter() - t)
+    return src.nbytes / float(np.median(ts))
+
+
+def main(n_params: int, seconds: float, shards: int) -> None:
+    MPI = mpi.init()
+    world = MPI.COMM_WORLD
+    replicas = world.Get_size() - shards
+    topo = build_topology(world, shards, replicas)
+    set_threads(per_rank(topo.comm))
+    rule = UpdateRule(OptimizerConfig(rule="adagrad", lr=1e-3))
+    windows = PSWindows(topo, n_params, len(rule.state_names))
+    out = {}
+    if topo.role is Role.SHARD:
+        L = windows.layout
+        server = ShardServer(windows, rule, np.zeros(L.n, np.float32), None)
+        topo.comm.Barrier()
+        while not server.stop_requested():
+            if not server.serve_once():
+                time.sleep(50e-6)
+        req = topo.comm.Ibarrier()
+        while not req.Test():
+            server.serve_once()
+        out = {"role": "shard", "updates": server.version, "apply_seconds": server.apply_seconds, "n": L.n}
+    else:
+        client = PSClient(windows, topo.me.replica_id, timeout=120)
+        rate = copy_rate(n_params)
+        w = np.zeros(n_params, np.float32)
+        g = np.full(n_params, 1e-3, np.float32)
+        topo.comm.Barrier()
+        t0 = time.perf_counter()
+        rounds = 0
+        while time.perf_counter() - t0 < seconds:
+            client.fetch(w, own_writes=False)
+            client.push(g, 0)
+            rounds += 1
+        dt = time.perf_counter() - t0
+        client.drain()
+        out = {"role": "replica", "rounds": rounds, "seconds": dt, "copy_bytes_per_s": rate,
+               "bytes_per_s": (client.bytes_fetched + client.bytes_pushed) / dt,
+               "fetch_s": client.fetch_seconds, "push_s": client.push_seconds, "wait_s": client.wait_seconds}
+        # every replica done: replica 0 stops the shards (after the others finished their rounds)
+        topo.group.Barrier()
+        if topo.me.replica_id == 0:
+            client.write_all_shards(Ctrl.STOP, 1)
+        req = topo.comm.Ibarrier()
+        while not req.Test():
+            time.sleep(1e-4)
+    stats = topo.comm.gather(out, root=0)
+    windows.free()
+    if topo.rank == 0:
+        print(json.dumps({"n_params": n_params, "shards": shards, "replicas": replicas, "ranks": stats}), flush=True)
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]))
