@@ -1,4 +1,4 @@
-"""The ``dbnet`` command line: ``train``, ``data``, ``info``, ``bench``.
+"""dbnet: DistBelief-style distributed training on MPI (train, launch, data, info, bench).
 
 User errors (:class:`~dbnet.errors.DbnetError`) print one line,
 ``dbnet: error: ...``, and exit with status 2.

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import platform
 
+from numba import prange
+
 
 def collect() -> dict[str, str]:
     """Versions and runtime settings, as display strings.  Initializes no MPI."""
@@ -52,7 +54,7 @@ def collect() -> dict[str, str]:
 
 
 def _touch(a):
-    for i in range(a.size):  # noqa: B007 - a parallel region, to start numba's thread pool
+    for i in prange(a.size):  # a parallel region, to start numba's thread pool
         a[i] += 1.0
 
 

@@ -23,22 +23,32 @@ def n_params(sizes: tuple[int, ...]) -> int:
 
 
 def median_seconds(fn, repeats: int, min_seconds: float = 0.2) -> float:
-    """Median over ``repeats`` samples of the seconds one ``fn()`` takes.
+    """Median over ``repeats`` samples of the seconds one ``fn()`` takes (see :func:`median_seconds_each`)."""
+    return median_seconds_each([fn], repeats, min_seconds)[0]
 
-    One untimed call first (JIT compilation, page faults); then each sample
-    times enough back-to-back calls to last ``min_seconds`` and divides.
+
+def median_seconds_each(fns: list, repeats: int, min_seconds: float = 0.2) -> list[float]:
+    """For each function, the median over ``repeats`` samples of the seconds one call takes.
+
+    One untimed call of each first (JIT compilation, page faults); each sample
+    times enough back-to-back calls to last ``min_seconds`` and divides.  The
+    samples are interleaved (``f0, f1, ..., f0, f1, ...``) so that noise on a
+    shared machine hits every function alike, and ratios between them hold.
     """
-    fn()
-    t = time.perf_counter()
-    fn()
-    calls = max(1, int(min_seconds / max(time.perf_counter() - t, 1e-9)))
-    samples = []
-    for _ in range(max(1, repeats)):
+    calls = []
+    for fn in fns:
+        fn()
         t = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        samples.append((time.perf_counter() - t) / calls)
-    return statistics.median(samples)
+        fn()
+        calls.append(max(1, int(min_seconds / max(time.perf_counter() - t, 1e-9))))
+    samples: list[list[float]] = [[] for _ in fns]
+    for _ in range(max(1, repeats)):
+        for fn, k, out in zip(fns, calls, samples):
+            t = time.perf_counter()
+            for _ in range(k):
+                fn()
+            out.append((time.perf_counter() - t) / k)
+    return [statistics.median(s) for s in samples]
 
 
 def rss_bytes() -> int:
@@ -53,6 +63,16 @@ def rss_bytes() -> int:
 def peak_rss_bytes() -> int:
     """Peak resident set size of this process so far (``ru_maxrss``, KiB on Linux)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def reset_peak_rss() -> bool:
+    """Restart :func:`peak_rss_bytes` from the current RSS (Linux >= 4.0); False if not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return True
 
 
 def original_env() -> dict[str, str]:

@@ -5,8 +5,10 @@
 The process first runs one step of a tiny model of the same kind (JIT
 compilation, lazy library initialization), records its RSS, then builds the
 model, runs ``--warmup`` untimed steps and times ``STEPS`` steps one by one.
-The output has the per-step seconds, the RSS before the model was built and
-the process's peak RSS, so the model's own memory is ``peak - before``.
+The output has the per-step seconds, the process's peak RSS (imports
+included), and the model's own memory: the peak RSS from the moment before
+the model was built (the peak is reset there where Linux allows) minus the
+RSS at that moment.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import argparse
 import json
 import time
 
-from dbnet.bench._common import SPEECH, TINY, n_params, peak_rss_bytes, rss_bytes
+from dbnet.bench._common import SPEECH, TINY, n_params, peak_rss_bytes, reset_peak_rss, rss_bytes
 
 LR = 0.01
 
@@ -88,7 +90,9 @@ def threads(impl: str) -> str:
 def measure(impl: str, batch: int, steps: int, warmup: int, quick: bool) -> dict:
     make = {"dbnet": dbnet_step, "torch": torch_step}[impl]
     make((8, 4, 4), 2)()  # compile / initialize everything on a tiny model first
+    import_peak = peak_rss_bytes()
     before = rss_bytes()
+    reset = reset_peak_rss()
     sizes = TINY if quick else SPEECH
     step = make(sizes, batch)
     for _ in range(warmup):
@@ -99,7 +103,8 @@ def measure(impl: str, batch: int, steps: int, warmup: int, quick: bool) -> dict
         step()
         seconds.append(time.perf_counter() - t)
     return {"impl": impl, "batch": batch, "n_params": n_params(sizes), "step_seconds": seconds,
-            "rss_before": before, "rss_peak": peak_rss_bytes(), "threads": threads(impl)}
+            "rss_peak": max(import_peak, peak_rss_bytes()), "rss_model": peak_rss_bytes() - before,
+            "peak_was_reset": reset, "threads": threads(impl)}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -82,7 +82,7 @@ def _drelu(d, y):
                 d[i, j] = zero
 
 
-@nb.njit(**_JIT)
+@nb.njit(nogil=True, cache=True)
 def _dlinear(d, y):  # identity: nothing to do
     pass
 

@@ -1,0 +1,67 @@
+"""The benchmarks run (tiny model, one repeat); structure only: benchmarks are not tests."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from dbnet.bench import BENCHMARKS, header
+from dbnet.bench.commands import handler
+
+
+def check_rows(rows: list[dict]) -> None:
+    assert rows
+    for r in rows:
+        assert isinstance(r["name"], str) and isinstance(r["unit"], str)
+        if r["value"] is None:  # only the "torch not installed" row
+            assert "torch not installed" in r["note"]
+        else:
+            assert r["value"] > 0 and math.isfinite(r["value"]), r
+        if "target" in r:
+            assert isinstance(r["pass"], bool)
+
+
+def test_train_quick():
+    rows = BENCHMARKS["train"]([8], 1, quick=True)
+    check_rows(rows)
+    names = " ".join(r["name"] for r in rows)
+    assert "dbnet batch 8" in names and "FLOP rate" in names
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return
+    assert "torch batch 8" in names and "dbnet/torch" in names and "peak RSS batch 8: torch" in names
+
+
+@pytest.mark.parametrize("name", ["matmul", "memory", "update"])
+def test_micro_quick(name):
+    check_rows(BENCHMARKS[name]([8], 1, quick=True))
+
+
+def test_header():
+    h = header()
+    assert {"machine", "versions", "blas", "dbnet tuning"} <= set(h)
+    assert "OPENBLAS_CORETYPE=" in h["blas"]
+
+
+def test_module_cli_writes_json(tmp_path):
+    out = tmp_path / "bench.json"
+    p = subprocess.run([sys.executable, "-m", "dbnet.bench", "memory", "--quick", "--json", str(out)],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "machine" in p.stdout and "np.copyto" in p.stdout
+    data = json.loads(out.read_text())
+    check_rows(data["results"]["memory"])
+
+
+def test_dbnet_cli_has_bench(capsys):
+    from dbnet.cli import build_parser
+
+    args = build_parser().parse_args(["bench", "nosuch", "--quick"])
+    assert args.func is handler
+    assert args.func(args) == 2
+    assert "valid: train, matmul, memory, update" in capsys.readouterr().err
