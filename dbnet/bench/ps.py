@@ -1,10 +1,10 @@
 """Parameter-server and Downpour benchmarks (run under mpiexec in subprocesses).
 
 * ``ps``: fetch + push bandwidth per replica for the speech model's 41.78M
-  parameters, 1-3 replicas against 1 shard that applies every push with
-  Adagrad, against ``np.copyto`` of an array of the same size timed in each
+  parameters, 1-3 replicas against 1 shard that applies every push (fixed-rate
+  SGD, 12 B of memory traffic per parameter, or Adagrad, 20 B), against ``np.copyto`` of an array of the same size timed in each
   replica's own process (bytes copied per second; a fetch or push byte counts
-  once, as a copied byte does).  Also the shard's Adagrad rate in params/s.
+  once, as a copied byte does).  Also the shard's update rate in params/s.
 * ``downpour``: Downpour aggregate examples/s with R = 1..3 replicas (1
   shard) against single-process SGD on the same cores, on FSDD frames with
   the speech model's hidden layers, and the share of each replica's time
@@ -48,11 +48,12 @@ def ps(batches: list[int], repeats: int, quick: bool = False) -> list[dict]:
     n = n_params(TINY) if quick else n_params(SPEECH)
     seconds = 1.0 if quick else 6.0
     rows = []
-    for R in (1, 2, 3):
-        cmd = _mpiexec(R + 1) + [sys.executable, "-m", "dbnet.bench.ps_worker", str(n), str(seconds), "1"]
+    for R, rule in ((1, "sgd"), (1, "adagrad"), (2, "adagrad"), (3, "adagrad")):
+        cmd = _mpiexec(R + 1) + [sys.executable, "-m", "dbnet.bench.ps_worker", str(n), str(seconds), "1", rule]
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=_env())
+        label = f"{R} replica{'s' * (R > 1)}, {rule}"
         if out.returncode != 0:
-            rows.append(_row(f"R={R}", None, "", f"failed: {out.stderr.strip()[-300:]}"))
+            rows.append(_row(label, None, "", f"failed: {out.stderr.strip()[-300:]}"))
             continue
         d = json.loads(out.stdout.strip().splitlines()[-1])
         reps = [r for r in d["ranks"] if r["role"] == "replica"]
@@ -61,13 +62,13 @@ def ps(batches: list[int], repeats: int, quick: bool = False) -> list[dict]:
         bw = sum(r["bytes_per_s"] for r in reps) / len(reps)
         copy = sum(r["copy_bytes_per_s"] for r in reps) / len(reps)
         extra = {"target": ">= 0.50", "pass": ratios[0] >= 0.5} if R == 1 else {}
-        rows.append(_row(f"{R} replica(s): fetch+push per replica", bw / 1e9, "GB/s",
+        rows.append(_row(f"{label}: fetch+push per replica", bw / 1e9, "GB/s",
                          f"np.copyto {copy / 1e9:.2f} GB/s in the same processes; "
                          f"waiting for the shard {sum(r['wait_s'] for r in reps) / len(reps):.2f} s of {seconds:g} s"))
-        rows.append(_row(f"{R} replica(s): fraction of copy rate", min(ratios) if R > 1 else ratios[0], "",
+        rows.append(_row(f"{label}: fraction of copy rate", min(ratios), "",
                          "min over replicas" if R > 1 else "", **extra))
         rate = shard["updates"] * shard["n"] / shard["apply_seconds"] if shard["apply_seconds"] else 0.0
-        rows.append(_row(f"{R} replica(s): shard Adagrad rate", rate / 1e6, "Mparam/s",
+        rows.append(_row(f"{label}: shard update rate", rate / 1e6, "Mparam/s",
                          f"{shard['updates']} updates; applying {shard['apply_seconds'] / seconds:.0%} of the time"))
     return rows
 

@@ -1,6 +1,7 @@
-"""MPI worker of the ``ps`` benchmark: fetch + push bandwidth against a shard applying Adagrad.
+"""MPI worker of the ``ps`` benchmark: fetch + push bandwidth against a shard applying updates.
 
-Run by :mod:`dbnet.bench.ps` as ``mpiexec -n R+S python -m dbnet.bench.ps_worker N_PARAMS SECONDS S``.
+Run by :mod:`dbnet.bench.ps` as
+``mpiexec -n R+S python -m dbnet.bench.ps_worker N_PARAMS SECONDS S RULE`` (RULE: sgd or adagrad).
 Each replica first measures ``np.copyto`` of an array of the model's size
 (the copy rate, same process, same run), then loops ``fetch; push`` for
 SECONDS without computing, so the number is the parameter server's
@@ -40,13 +41,13 @@ def copy_rate(n: int, repeats: int = 5) -> float:
     return src.nbytes / float(np.median(ts))
 
 
-def main(n_params: int, seconds: float, shards: int) -> None:
+def main(n_params: int, seconds: float, shards: int, rule_name: str = "adagrad") -> None:
     MPI = mpi.init()
     world = MPI.COMM_WORLD
     replicas = world.Get_size() - shards
     topo = build_topology(world, shards, replicas)
     set_threads(per_rank(topo.comm))
-    rule = UpdateRule(OptimizerConfig(rule="adagrad", lr=1e-3))
+    rule = UpdateRule(OptimizerConfig(rule=rule_name, lr=1e-3))
     windows = PSWindows(topo, n_params, len(rule.state_names))
     out = {}
     if topo.role is Role.SHARD:
@@ -91,4 +92,4 @@ def main(n_params: int, seconds: float, shards: int) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]))
+    main(int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), *sys.argv[4:5])

@@ -9,16 +9,23 @@ import numpy as np
 _JIT = dict(nogil=True, cache=True, parallel=True, error_model="numpy")
 
 
+@nb.njit(nogil=True, cache=True, inline="always")
+def _row_max(z, i):
+    """(max, argmax) of row i of z; the first maximum wins."""
+    zmax = z[i, 0]
+    arg = 0
+    for j in range(1, z.shape[1]):
+        if z[i, j] > zmax:
+            zmax = z[i, j]
+            arg = j
+    return zmax, arg
+
+
 @nb.njit(**_JIT)
 def _softmax_xent(z, labels, dz, row_loss, row_hit, scale):
     n, m = z.shape
     for i in nb.prange(n):
-        zmax = z[i, 0]
-        arg = 0
-        for j in range(1, m):
-            if z[i, j] > zmax:
-                zmax = z[i, j]
-                arg = j
+        zmax, arg = _row_max(z, i)
         lab = labels[i]
         zlab = z[i, lab]  # read before dz (possibly z itself) is overwritten
         s = 0.0
@@ -38,12 +45,7 @@ def _softmax_xent(z, labels, dz, row_loss, row_hit, scale):
 def _softmax_xent_eval(z, labels, row_loss, row_hit):
     n, m = z.shape
     for i in nb.prange(n):
-        zmax = z[i, 0]
-        arg = 0
-        for j in range(1, m):
-            if z[i, j] > zmax:
-                zmax = z[i, j]
-                arg = j
+        zmax, arg = _row_max(z, i)
         s = 0.0
         for j in range(m):
             s += np.exp(z[i, j] - zmax)
