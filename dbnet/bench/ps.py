@@ -44,7 +44,7 @@ def _row(name, value, unit, note="", **extra):
 
 
 def ps(batches: list[int], repeats: int, quick: bool = False) -> list[dict]:
-    """Fetch + push bandwidth per replica vs a numpy copy of the same size; shard Adagrad rate."""
+    """Fetch + push bandwidth per replica vs a numpy copy of the same size; shard update rate."""
     n = n_params(TINY) if quick else n_params(SPEECH)
     seconds = 1.0 if quick else 6.0
     rows = []
