@@ -128,10 +128,13 @@ class DownpourConfig:
 
     n_fetch / n_push: fetch parameters every n_fetch steps, push the accrued
     gradient every n_push steps.  alpha: local step size between fetches
-    (0: none).  read_own_writes: a fetch waits until the shards have
-    applied this replica's own previous push (with one replica Downpour is
-    then exactly SGD); false lets fetches run ahead of the shards, as the
-    paper's loosely coupled threads do.  Warmstart: replica 0 trains alone for warmstart_steps steps
+    (0: none).  overlap: a communication thread fetches the next
+    parameters and pushes the last gradient while the replica computes (see
+    dbnet.algorithms.transport); the parameters then lack the replica's own
+    latest push or two.  With overlap = false, fetch and push run in the
+    training thread, and read_own_writes makes a fetch wait until the shards
+    have applied this replica's previous push (one replica is then exactly
+    SGD).  Warmstart: replica 0 trains alone for warmstart_steps steps
     and/or warmstart_seconds before the others start.  timeout_seconds bounds
     every wait (a replica waiting for a shard, the shutdown).
     """
@@ -141,6 +144,7 @@ class DownpourConfig:
     alpha: float = _nonneg(0.0)
     warmstart_steps: int = _nonneg(0)
     warmstart_seconds: float = _nonneg(0.0)
+    overlap: bool = True
     read_own_writes: bool = True
     apply_chunk: int = _positive(1 << 20)
     timeout_seconds: float = _positive(120.0)

@@ -73,7 +73,8 @@ def test_wrong_rank_count_is_one_clear_error(tmp_path, fashion_mnist_h5, impl):
 
 @pytest.mark.parametrize("shards, impl", [(1, "openmpi"), (2, "openmpi"), (3, "openmpi"), (2, "mpich")])
 def test_one_replica_downpour_is_bit_identical_to_sgd(tmp_path, fashion_mnist_h5, shards, impl):
-    """1 replica, n_fetch = n_push = 1, fixed rate, alpha = 0: exactly single-process SGD."""
+    """1 replica, n_fetch = n_push = 1, fixed rate, alpha = 0, fetches that see the replica's own
+    pushes (no overlap): exactly single-process SGD."""
     steps = ["--set", "train.max_steps=60"]
     sgd_cfg = write_cfg(tmp_path / "sgd", fashion_mnist_h5, algorithm="sgd", shards=1, replicas=1)
     # The reference runs in a fresh process too, so BLAS kernel choice and threads are the same.
@@ -81,7 +82,8 @@ def test_one_replica_downpour_is_bit_identical_to_sgd(tmp_path, fashion_mnist_h5
                          text=True, timeout=120)
     assert ref.returncode == 0, ref.stderr
     sgd_rd = only_run_dir(tmp_path / "sgd")
-    dp_cfg = write_cfg(tmp_path / "dp", fashion_mnist_h5, shards=shards, replicas=1)
+    dp_cfg = write_cfg(tmp_path / "dp", fashion_mnist_h5, shards=shards, replicas=1,
+                       extra="[downpour]\noverlap = false\nread_own_writes = true\n")
     r = run_mpi(1 + shards, ["train", str(dp_cfg), *steps], impl=impl)
     assert r.returncode == 0, r.stderr
     rd = only_run_dir(tmp_path / "dp")

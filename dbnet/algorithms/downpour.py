@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dbnet import checkpoint as ckpt_mod
+from dbnet.algorithms.transport import OverlapTransport, SyncTransport
 from dbnet.build import build_spec
 from dbnet.config import Config, to_toml
 from dbnet.data import H5Dataset
@@ -133,6 +134,8 @@ def _shard_main(cfg: Config, topo: Topology, windows: PSWindows, spec, rule: Upd
 # -- replicas -------------------------------------------------------------------------------------
 
 def _replica_main(cfg, topo, windows, spec, rule, path, rd, resume, resume_path, progress, t_start):
+    from mpi4py import MPI
+
     r = topo.me.replica_id
     dc, tc = cfg.downpour, cfg.train
     B = tc.batch_size
@@ -151,25 +154,27 @@ def _replica_main(cfg, topo, windows, spec, rule, path, rd, resume, resume_path,
     w = np.empty(spec.n_params, np.float32)
     g = np.empty_like(w)
     accrued = np.zeros_like(w) if dc.n_push > 1 else None
-    lead = _Lead(cfg, topo, client, net, spec, rule, path, rd, resume, progress, t_start) if topo.is_lead else None
+    if dc.overlap:
+        transport = OverlapTransport(client, dc.n_fetch, spec.n_params, dc.timeout_seconds)
+    else:
+        transport = SyncTransport(client, dc.n_fetch, dc.read_own_writes)
+    lead = None
+    if topo.is_lead:
+        lead = _Lead(cfg, topo, transport.lead_client, Network(spec, B), spec, rule, path, rd, resume, progress,
+                     t_start, tick_every=0.05 if dc.overlap else 0.0)
     compute_seconds = 0.0
     error = None
     state = ReplicaState.DONE
-    pending = 0  # steps accrued but not pushed
+    pending = 0  # examples accrued but not pushed
     with H5Dataset(path, "train", shard=r, n_shards=topo.replicas) as train:
         try:
             if lead is None:
                 _wait_started(client, dc.timeout_seconds)
             client.set_state(ReplicaState.RUNNING)
             stop = client.stop_requested()
-            if not stop:
-                client.fetch(w)
-                fetched_at = pos.step
             while not stop:
                 for x, y in train.batches(B, seed=cfg.run.seed, epoch=pos.epoch, start_batch=pos.batch):
-                    if pos.step % dc.n_fetch == 0 and pos.step != fetched_at:
-                        client.fetch(w, own_writes=dc.read_own_writes)
-                        fetched_at = pos.step
+                    w = transport.params_for(pos.step, w)
                     if r == cfg.faults.fail_replica and pos.step == cfg.faults.fail_at_step:
                         raise InjectedFault(f"injected fault: replica {r} stops at step {pos.step}")
                     t0 = time.perf_counter()
@@ -188,29 +193,36 @@ def _replica_main(cfg, topo, windows, spec, rule, path, rd, resume, resume_path,
                     pos.examples += len(y)
                     pending += len(y)
                     if pos.step % dc.n_push == 0:
-                        client.push(g if accrued is None else accrued, pending)
-                        pending = 0
-                        if accrued is not None:
+                        where = (pos.epoch, pos.batch, pos.step, pos.examples)
+                        if accrued is None:
+                            g = transport.push(g, pending, where)
+                        else:
+                            accrued = transport.push(accrued, pending, where)
                             accrued[:] = 0
-                        client.report_position(pos.epoch, pos.batch, pos.step, pos.examples)
+                        pending = 0
                     if lead is not None:
                         lead.tick(loss / len(y), pos.step)
-                    if client.stop_requested():
+                    if transport.stop_requested():
                         stop = True
                         break
                 else:
                     pos.epoch += 1
                     pos.batch = 0
             if pending and accrued is not None:  # no silent losses: push what was accrued
-                client.push(accrued, pending)
-                client.report_position(pos.epoch, pos.batch, pos.step, pos.examples)
-        except (InjectedFault, TrainingDiverged, FloatingPointError, ValueError, MemoryError) as e:
+                transport.push(accrued, pending, (pos.epoch, pos.batch, pos.step, pos.examples))
+        except Exception as e:  # noqa: BLE001 - a replica's failure must not stop the others ...
+            if isinstance(e, (WaitTimeout, MPI.Exception)):
+                raise  # ... but a lost shard or a broken MPI is the whole job's failure
             state = ReplicaState.FAILED
             error = f"{type(e).__name__}: {e}"
             if not isinstance(e, (InjectedFault, TrainingDiverged)):
                 error += "\n" + traceback.format_exc()
             if lead is not None:
                 progress.log(f"replica {r} failed at step {pos.step}: {error.splitlines()[0]}")
+        transport.finish()  # nothing in flight: MPI is the training thread's again
+        if lead is not None:
+            lead.client = client
+            lead.tick_every = 0.0
         client.set_state(state)
         if lead is not None:
             lead.monitor_until_stop()
@@ -223,6 +235,7 @@ def _replica_main(cfg, topo, windows, spec, rule, path, rd, resume, resume_path,
     stats = {
         "role": "replica", "replica": r, "state": state.name.lower(), "error": error,
         "steps": pos.step, "examples": pos.examples, "compute_seconds": compute_seconds,
+        "exposed_comm_seconds": transport.exposed_seconds, "overlap": dc.overlap,
         **client.stats(),
     }
     return stats, lead_result
@@ -231,8 +244,10 @@ def _replica_main(cfg, topo, windows, spec, rule, path, rd, resume, resume_path,
 class _Lead:
     """Replica 0's extra duties: warmstart, evaluation, stopping, checkpoints, curves."""
 
-    def __init__(self, cfg, topo, client, net, spec, rule, path, rd, resume, progress, t_start):
+    def __init__(self, cfg, topo, client, net, spec, rule, path, rd, resume, progress, t_start, tick_every=0.0):
         self.cfg, self.topo, self.client, self.net, self.spec, self.rule = cfg, topo, client, net, spec, rule
+        self.tick_every = tick_every  # > 0: full ticks at most this often (the overlap transport's reads queue)
+        self._last_tick = 0.0
         self.rd, self.progress = rd, progress
         tc = cfg.train
         self.test = H5Dataset(path, "test")
@@ -300,10 +315,14 @@ class _Lead:
 
     def tick(self, loss: float | None, own_step: int) -> None:
         """After each of the lead's own steps (or a monitoring poll): warmstart, eval, stop, checkpoint."""
-        self._beat()
         if loss is not None:
             self.loss_sum += loss
             self.loss_n += 1
+        now = time.monotonic()
+        if self.tick_every and now - self._last_tick < self.tick_every:
+            return
+        self._last_tick = now
+        self._beat()
         self._maybe_start(own_step)
         if self.reason is not None:
             return
@@ -400,8 +419,8 @@ def _summarize(cfg, topo, rd, spec, lead: dict, all_stats: list[dict]) -> dict:
     wall = lead["train_wall"]
     for s in replicas:
         s["examples_per_second"] = s["examples"] / s["compute_seconds"] if s["compute_seconds"] else 0.0
-        busy = s["compute_seconds"] + s["fetch_seconds"] + s["push_seconds"]
-        s["comm_fraction"] = (s["fetch_seconds"] + s["push_seconds"]) / busy if busy else 0.0
+        busy = s["compute_seconds"] + s["exposed_comm_seconds"]
+        s["comm_fraction"] = s["exposed_comm_seconds"] / busy if busy else 0.0  # the training thread's share
     pushes = sum(s["pushes"] for s in replicas)
     fetches = sum(s["fetches"] for s in replicas)
     lost = [s["replica"] for s in replicas if s["state"] == "failed"]
@@ -415,7 +434,7 @@ def _summarize(cfg, topo, rd, spec, lead: dict, all_stats: list[dict]) -> dict:
     extra = {
         "topology": topo.describe(),
         "downpour": {k: getattr(cfg.downpour, k) for k in ("n_fetch", "n_push", "alpha", "warmstart_steps",
-                                                           "warmstart_seconds", "read_own_writes")},
+                                                           "warmstart_seconds", "read_own_writes", "overlap")},
         "lost_replicas": lost,
         "pushes_per_second": pushes / wall if wall else 0.0,
         "fetches_per_second": fetches / wall if wall else 0.0,
