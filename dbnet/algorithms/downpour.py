@@ -167,6 +167,12 @@ def _replica_main(cfg, topo, windows, spec, rule, path, rd, resume, resume_path,
     state = ReplicaState.DONE
     pending = 0  # examples accrued but not pushed
     with H5Dataset(path, "train", shard=r, n_shards=topo.replicas) as train:
+        # Warm up (load or compile every kernel on one real batch), then start together: otherwise
+        # a replica still compiling would find the job half done by the others.
+        x0, y0 = next(train.batches(B, seed=cfg.run.seed, epoch=0))
+        w[:] = 0
+        net.loss_and_grad(w, x0, y0, g)
+        _barrier(topo.group, dc.timeout_seconds, "every replica to be ready")
         try:
             if lead is None:
                 _wait_started(client, dc.timeout_seconds)
@@ -301,7 +307,7 @@ class _Lead:
                               f"all {self.topo.replicas} replicas train")
 
     def _evaluate(self, examples: int) -> float:
-        self.client.fetch(self.buf, own_writes=False)
+        self.client.fetch(self.buf, own_writes=False, count=False)
         test_loss, acc = evaluate(self.net, self.buf, self.test, self.cfg.train.batch_size, self.cfg.train.eval_examples)
         train_loss = self.loss_sum / self.loss_n if self.loss_n else float("nan")
         self.loss_sum, self.loss_n = 0.0, 0

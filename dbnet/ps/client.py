@@ -96,8 +96,11 @@ class PSClient:
                                       f"shard {k} to apply replica {self.r}'s push {target}")
 
     # -- parameters --------------------------------------------------------
-    def fetch(self, out: np.ndarray, own_writes: bool = True) -> None:
-        """Copy every shard's current parameters into ``out`` (n_params,) float32."""
+    def fetch(self, out: np.ndarray, own_writes: bool = True, count: bool = True) -> None:
+        """Copy every shard's current parameters into ``out`` (n_params,) float32.
+
+        ``count=False`` keeps the fetch out of this replica's statistics (the lead's evaluations).
+        """
         t0 = time.perf_counter()
         MPI = self.MPI
         for k, (L, rank) in enumerate(zip(self.w.layouts, self.ranks)):
@@ -107,9 +110,10 @@ class PSClient:
             self.w.data_win.Lock(rank, MPI.LOCK_SHARED)
             self.w.data_win.Get([out[L.lo: L.hi], MPI.FLOAT], rank, target=(0, L.n, MPI.FLOAT))
             self.w.data_win.Unlock(rank)
-        self.fetches += 1
-        self.bytes_fetched += out.nbytes
-        self.fetch_seconds += time.perf_counter() - t0
+        if count:
+            self.fetches += 1
+            self.bytes_fetched += out.nbytes
+            self.fetch_seconds += time.perf_counter() - t0
 
     def push(self, grad: np.ndarray, examples: int) -> None:
         """Send ``grad`` (n_params,) float32 to the shards' slots; count ``examples`` on shard 0."""
