@@ -324,12 +324,12 @@ class _Lead:
         if loss is not None:
             self.loss_sum += loss
             self.loss_n += 1
+        self._maybe_start(own_step)  # every step: warmstart ends on time even when ticks are rate-limited
         now = time.monotonic()
         if self.tick_every and now - self._last_tick < self.tick_every:
             return
         self._last_tick = now
         self._beat()
-        self._maybe_start(own_step)
         if self.reason is not None:
             return
         examples = self.client.read(0, Ctrl.EXAMPLES)
