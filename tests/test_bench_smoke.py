@@ -65,3 +65,13 @@ def test_dbnet_cli_has_bench(capsys):
     assert args.func is handler
     assert args.func(args) == 2
     assert "valid: train, matmul, memory, update" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["ps", "downpour"])
+def test_mpi_benchmarks_quick(name, monkeypatch, tmp_path):
+    """The MPI benchmarks start real mpiexec jobs; quick mode proves they run end to end."""
+    monkeypatch.setenv("DBNET_CACHE", str(tmp_path))  # downpour imports FSDD: not into the user's cache
+    monkeypatch.setenv("OMPI_ALLOW_RUN_AS_ROOT", "1")
+    monkeypatch.setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+    rows = BENCHMARKS[name]([8], 1, quick=True)
+    assert rows and all(r["value"] is not None and r["value"] > 0 for r in rows), rows
