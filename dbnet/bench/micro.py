@@ -110,23 +110,30 @@ def update(batches: list[int], repeats: int, quick: bool = False) -> list[dict]:
     from dbnet.kernels import updates
 
     n = 1 << 20 if quick else n_params(SPEECH)
-    threads = numba.get_num_threads()  # as many copying threads as the kernels use
-    copy = _Copy(n, threads)
     w, g, v, acc = _rand(n), _rand(n) - F32(0.5), np.zeros(n, F32), np.zeros(n, F32)
     kernels = {
         "sgd": lambda: updates.sgd(w, g, 1e-6, 0.0),
         "momentum": lambda: updates.momentum(w, g, v, 1e-6, 0.9, False, 0.0),
         "adagrad": lambda: updates.adagrad(w, g, acc, 1e-6, 1e-8),
     }
-    seconds = median_seconds_each([copy, *kernels.values()], repeats, 0.0 if quick else 0.2)
-    # np.copyto's writes first read each destination line (write-allocate): 12 B of traffic per
-    # element, not 8.  The update kernels write only lines they have just read, so their
-    # 12 or 20 B per parameter are their whole traffic.
-    bandwidth = copy.gbps(seconds[0]) * 1.5e9
-    rows = [_row(f"np.copyto traffic, {threads} threads (the bound)", bandwidth / 1e9, "GB/s", WRITE_ALLOCATE)]
-    for (rule, fn), s in zip(kernels.items(), seconds[1:]):
-        rate, bound = n / s, bandwidth / UPDATE_BYTES[rule]
-        rows.append(_row(f"{rule} ({n / 1e6:.2f}M params)", rate / 1e6, "Mparam/s",
-                         f"{rate / bound:.2f} of the bound {bound / 1e6:,.0f} Mparam/s ({UPDATE_BYTES[rule]} B/param)",
-                         fraction_of_bound=rate / bound))
+    most = numba.get_num_threads()
+    rows = []
+    # 1 thread is what a parameter-server shard gets when it shares a node's cores with replicas.
+    for threads in sorted({1, most}, reverse=True):
+        numba.set_num_threads(threads)
+        copy = _Copy(n, threads)  # as many copying threads as the kernels use
+        seconds = median_seconds_each([copy, *kernels.values()], repeats, 0.0 if quick else 0.2)
+        # np.copyto's writes first read each destination line (write-allocate): 12 B of traffic per
+        # element, not 8.  The update kernels write only lines they have just read, so their
+        # 12 or 20 B per parameter are their whole traffic.
+        bandwidth = copy.gbps(seconds[0]) * 1.5e9
+        rows.append(_row(f"np.copyto traffic, {threads} thread{'s' * (threads > 1)} (the bound)", bandwidth / 1e9,
+                         "GB/s", WRITE_ALLOCATE))
+        for (rule, fn), s in zip(kernels.items(), seconds[1:]):
+            rate, bound = n / s, bandwidth / UPDATE_BYTES[rule]
+            rows.append(_row(f"{rule} ({n / 1e6:.2f}M params), {threads} thread{'s' * (threads > 1)}", rate / 1e6,
+                             "Mparam/s",
+                             f"{rate / bound:.2f} of the bound {bound / 1e6:,.0f} Mparam/s ({UPDATE_BYTES[rule]} B/param)",
+                             fraction_of_bound=rate / bound))
+    numba.set_num_threads(most)
     return rows
