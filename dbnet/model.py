@@ -13,6 +13,7 @@ size and runs forward/backward with the kernels in :mod:`dbnet.kernels`.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -99,14 +100,15 @@ class LayerSlices:
     w_shape: tuple[int, int]
 
 
-def param_layout(spec: NetSpec) -> list[LayerSlices]:
-    """Offsets of every layer's ``W`` and ``b`` in the flat vector (pure)."""
+@functools.lru_cache(maxsize=64)
+def param_layout(spec: NetSpec) -> tuple[LayerSlices, ...]:
+    """Offsets of every layer's ``W`` and ``b`` in the flat vector (pure; cached per spec)."""
     out, off = [], 0
     for layer in spec.layers:
         nw = layer.n_in * layer.n_out
         out.append(LayerSlices(slice(off, off + nw), slice(off + nw, off + nw + layer.n_out), (layer.n_in, layer.n_out)))
         off += nw + layer.n_out
-    return out
+    return tuple(out)
 
 
 def param_views(spec: NetSpec, flat: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
