@@ -7,6 +7,8 @@ import gzip
 import hashlib
 import io
 import os
+
+import numpy as np
 import shutil
 import subprocess
 import sys
@@ -173,11 +175,34 @@ def test_cache_paths(isolated_cache, monkeypatch):
     assert cache_dir() == Path.home() / ".cache" / "dbnet"
 
 
+def _tiny_dataset(path):
+    from dbnet.data import write_dataset
+
+    x, y = np.zeros((4, 2, 2), np.uint8), np.array([0, 1, 0, 1], np.uint8)
+    write_dataset(path, name="fashion-mnist", train=(x, y), test=(x, y), n_classes=2, input_shape=(2, 2),
+                  x_scale=1.0, x_offset=0.0, source="test")
+
+
 def test_ensure_dataset_uses_existing_file(isolated_cache, monkeypatch):
     isolated_cache.mkdir()
-    (isolated_cache / "fashion-mnist.h5").write_bytes(b"already there")
+    _tiny_dataset(isolated_cache / "fashion-mnist.h5")
     monkeypatch.setattr(paths, "find_source", lambda name: pytest.fail("should not import"))
     assert ensure_dataset("fashion-mnist") == isolated_cache / "fashion-mnist.h5"
+
+
+def test_ensure_dataset_reimports_an_older_format(isolated_cache, monkeypatch):
+    import h5py
+
+    isolated_cache.mkdir()
+    old = isolated_cache / "fashion-mnist.h5"
+    _tiny_dataset(old)
+    with h5py.File(old, "r+") as f:
+        f.attrs["format_version"] = 1
+    calls = []
+    monkeypatch.setattr(paths, "find_source", lambda name: "src")
+    monkeypatch.setattr(paths, "import_dataset", lambda *a, **kw: calls.append(a))
+    ensure_dataset("fashion-mnist")
+    assert calls == [("fashion-mnist", "src", old)]
 
 
 def test_ensure_dataset_imports_fsdd_subset(isolated_cache, fsdd_subset, monkeypatch):

@@ -6,6 +6,8 @@ import argparse
 
 import h5py
 import numpy as np
+
+from dbnet.data.h5 import import_permutation
 import pytest
 
 from dbnet.data import H5Dataset, write_dataset
@@ -52,12 +54,12 @@ def ids_h5(tmp_path):
 
 def test_layout(ids_h5):
     with h5py.File(ids_h5) as f:
-        assert f.attrs["format"] == "dbnet-dataset" and f.attrs["format_version"] == 1
+        assert f.attrs["format"] == "dbnet-dataset" and f.attrs["format_version"] == 2
         assert f["train/x"].shape == (N_TRAIN, 12) and f["train/x"].dtype == np.uint8 and f["train/x"].chunks
         assert f["train/y"].dtype == np.uint8
         train_ids, test_ids = ids_of(f["train/x"][...]), ids_of(f["test/x"][...])
     assert sorted(train_ids) == list(range(N_TRAIN)) and not np.array_equal(train_ids, np.arange(N_TRAIN))
-    np.testing.assert_array_equal(test_ids, np.arange(N_TEST))  # test rows keep their order
+    np.testing.assert_array_equal(test_ids, import_permutation("test", N_TEST))  # a fixed shuffle of the test rows
 
 
 def test_properties_and_context_manager(ids_h5):
@@ -178,7 +180,7 @@ def test_float16_storage(tmp_path):
     )
     with H5Dataset(path, "test") as ds:
         ((xb, yb),) = ds.batches(100, seed=0, epoch=0, shuffle=False)
-        np.testing.assert_array_equal(xb, x.astype(np.float32))
+        np.testing.assert_array_equal(xb, x[import_permutation("test", 100)].astype(np.float32))
         assert yb.tolist() == [1] * 100
 
 
@@ -249,7 +251,7 @@ BAD_FILES = {
         lambda f: f.attrs.__setitem__("format", "something-else"),
         r"format attribute is 'something-else', expected 'dbnet-dataset'",
     ),
-    "wrong version": (lambda f: f.attrs.__setitem__("format_version", 2), r"format_version is 2, this dbnet reads 1"),
+    "wrong version": (lambda f: f.attrs.__setitem__("format_version", 1), r"format_version is 1, this dbnet reads 2"),
     "missing attr": (lambda f: f.attrs.__delitem__("x_scale"), r"missing root attribute 'x_scale'"),
 }
 

@@ -6,6 +6,8 @@ import gzip
 
 import h5py
 import numpy as np
+
+from dbnet.data.h5 import import_permutation
 import pytest
 
 from dbnet.data import H5Dataset, import_idx_dataset, read_idx, write_idx
@@ -105,8 +107,9 @@ def test_import_small(tmp_path, gz):
     out = import_idx_dataset(src, tmp_path / "small.h5", "mnist")
     with H5Dataset(out, "test") as ds:
         assert (ds.name, ds.n_classes, ds.input_shape, ds.n_examples, ds.x_dtype) == ("mnist", 10, (4, 5), 10, np.uint8)
-    with h5py.File(out) as f:  # test rows keep their order; train rows are a permutation
-        np.testing.assert_array_equal(f["test/x"][...], read_idx(next(src.glob("t10k-images*"))).reshape(10, 20))
+    with h5py.File(out) as f:  # both splits are stored in a fixed shuffled order
+        test_x = read_idx(next(src.glob("t10k-images*"))).reshape(10, 20)
+        np.testing.assert_array_equal(f["test/x"][...], test_x[import_permutation("test", 10)])
         assert sorted(f["train/y"][...].tolist()) == sorted((np.arange(30) % 10).tolist())
 
 
@@ -143,7 +146,7 @@ def test_import_wrong_dtype(tmp_path):
 
 def test_real_fashion_mnist(fashion_mnist_h5, shared_datasets):
     with h5py.File(fashion_mnist_h5) as f:
-        assert f.attrs["format"] == "dbnet-dataset" and f.attrs["format_version"] == 1
+        assert f.attrs["format"] == "dbnet-dataset" and f.attrs["format_version"] == 2
         assert f.attrs["name"] == "fashion-mnist" and f.attrs["n_classes"] == 10
         assert list(f.attrs["input_shape"]) == [28, 28]
         assert f.attrs["x_scale"] == np.float32(1 / 255) and f.attrs["x_offset"] == 0
@@ -153,7 +156,7 @@ def test_real_fashion_mnist(fashion_mnist_h5, shared_datasets):
             assert y.shape == (n,) and y.dtype == np.uint8
             assert np.bincount(y[...], minlength=10).tolist() == [n // 10] * 10
         test_x = read_idx(shared_datasets / "fashion-mnist" / "t10k-images-idx3-ubyte.gz")
-        np.testing.assert_array_equal(f["test/x"][...], test_x.reshape(10000, 784))
+        np.testing.assert_array_equal(f["test/x"][...], test_x.reshape(10000, 784)[import_permutation("test", 10000)])
         train_y = f["train/y"][...]
         assert not np.array_equal(train_y, read_idx(shared_datasets / "fashion-mnist" / "train-labels-idx1-ubyte.gz"))
 

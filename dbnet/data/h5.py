@@ -1,8 +1,8 @@
 """The one HDF5 layout for every dbnet dataset, and its streaming, sharded reader.
 
-Layout (``format_version`` 1)::
+Layout (``format_version`` 2)::
 
-    /            attrs: format="dbnet-dataset", format_version=1, name, n_classes,
+    /            attrs: format="dbnet-dataset", format_version=2, name, n_classes,
                         input_shape (e.g. [28, 28] or [440]), x_scale, x_offset, source
     /train/x     (N, n_inputs) uint8 or float16, chunked in blocks of rows
     /train/y     (N,) small unsigned int, labels in 0..n_classes-1
@@ -10,8 +10,10 @@ Layout (``format_version`` 1)::
     /meta/...    optional extra arrays (e.g. fsdd's feature normalisation)
 
 A stored value ``s`` means the input ``float32(s) * x_scale + x_offset``.
-Training examples are shuffled once at import (seed 0), so the contiguous
-shards of :func:`dbnet.partition.balanced_range` are class-balanced.
+Both splits are shuffled once at import (train with seed 0, test with seed
+1), so the contiguous shards of :func:`dbnet.partition.balanced_range` are
+class-balanced and any prefix of the test split (``train.eval_examples``) is
+a fair sample.  (Version 1 left the test split in source order.)
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from dbnet.errors import DataError
 from dbnet.partition import balanced_range
 
 FORMAT = "dbnet-dataset"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 SPLITS = ("train", "test")
 CHUNK_ROWS = 1024
 _REQUIRED_ATTRS = ("name", "n_classes", "input_shape", "x_scale", "x_offset")
@@ -39,6 +41,11 @@ def _label_dtype(n_classes: int) -> np.dtype:
     if n_classes <= 1 << 8:
         return np.dtype(np.uint8)
     return np.dtype(np.uint16) if n_classes <= 1 << 16 else np.dtype(np.int32)
+
+
+def import_permutation(split: str, n: int) -> np.ndarray:
+    """The order in which ``split``'s ``n`` source examples are stored: stored row i is source row perm[i]."""
+    return np.random.default_rng(SPLITS.index(split)).permutation(n)
 
 
 def write_dataset(
@@ -76,9 +83,8 @@ def write_dataset(
             raise ValueError(f"write_dataset: {split} y has shape {y.shape} {y.dtype}, expected ({len(x)},) integer")
         if len(y) and (y.min() < 0 or y.max() >= n_classes):
             raise ValueError(f"write_dataset: {split} labels span {y.min()}..{y.max()}, expected 0..{n_classes - 1}")
-        if split == "train":
-            perm = np.random.default_rng(0).permutation(len(x))
-            x, y = x[perm], y[perm]
+        perm = import_permutation(split, len(x))
+        x, y = x[perm], y[perm]
         splits[split] = (x, y.astype(_label_dtype(n_classes)))
 
     out_path = Path(out_path)

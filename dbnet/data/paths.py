@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 import dbnet
+from dbnet.data.h5 import FORMAT_VERSION
 from dbnet.errors import DataError
 
 DATASETS = ("fashion-mnist", "mnist", "fsdd")
@@ -114,6 +115,17 @@ def ensure_dataset(name: str, *, segments: int | None = None) -> Path:
     gives the same file, and a process that finds the final file uses it.
     """
     out = dataset_path(name, segments=segments)
-    if not out.is_file():
+    if not out.is_file() or _cached_version(out) != FORMAT_VERSION:
         import_dataset(name, find_source(name), out, segments=segments)
     return out
+
+
+def _cached_version(path: Path) -> int | None:
+    """The ``format_version`` of a cached import (None if unreadable): older ones are re-imported."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return int(f.attrs.get("format_version", -1))
+    except (OSError, ValueError):
+        return None
