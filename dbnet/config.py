@@ -157,7 +157,8 @@ class FaultsConfig:
     fail_replica stops at its step fail_at_step as if its step raised;
     nan_replica pushes a gradient full of NaN at its step nan_at_step (the
     shards must reject it); crash_rank raises an unhandled error on that
-    world rank after start-up (the whole job must end, not hang).
+    world rank once the parameter server is up (the whole job must end
+    promptly with that rank's message, not hang).
     """
 
     fail_replica: int = _rule(lambda v: v >= -1, ">= -1", default=-1)

@@ -59,8 +59,6 @@ def main(config_path: str | None, overrides: list[str], resume_dir: str | None, 
     set_threads(per_rank(topo.comm, cfg.run.threads))
 
     try:
-        if cfg.faults.crash_rank == topo.rank:
-            raise RuntimeError(f"injected crash on rank {topo.rank} (faults.crash_rank)")
         rd = resume = None
         if topo.is_lead:
             rd = RunDir(run_dir) if run_dir else RunDir.create(cfg)

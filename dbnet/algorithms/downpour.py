@@ -57,6 +57,15 @@ class InjectedFault(RuntimeError):
     """Raised by ``[faults]`` to simulate a replica crashing."""
 
 
+class LeadError(DbnetError):
+    """The lead could not evaluate, checkpoint or stop the job: the whole job fails."""
+
+
+def _maybe_crash(cfg: Config, topo: Topology) -> None:
+    if cfg.faults.crash_rank == topo.rank:
+        raise RuntimeError(f"injected crash on rank {topo.rank} (faults.crash_rank), after start-up")
+
+
 @dataclass
 class Position:
     epoch: int = 0
@@ -71,21 +80,21 @@ def run(cfg: Config, topo: Topology, path: str, *, rd: RunDir | None, resume: ck
     with H5Dataset(path, "test") as probe:
         spec = build_spec(cfg.model, probe)
     rule = UpdateRule(cfg.optimizer)
-    windows = PSWindows(topo, spec.n_params, len(rule.state_names))
-    try:
-        t_start = time.monotonic()
-        if topo.role is Role.SHARD:
-            stats = _shard_main(cfg, topo, windows, spec, rule, resume_path)
-            lead_result = None
-        else:
-            stats, lead_result = _replica_main(cfg, topo, windows, spec, rule, path, rd, resume, resume_path,
-                                               progress, t_start)
-        all_stats = topo.comm.gather(stats, root=0)
-        if topo.is_lead:
-            return _summarize(cfg, topo, rd, spec, lead_result, all_stats)
-        return None
-    finally:
-        windows.free()
+    windows = PSWindows(topo, spec.n_params, len(rule.state_names), cfg.downpour.timeout_seconds)
+    # No try/finally: freeing a window is collective, and a rank that failed must reach MPI_Abort
+    # (in the caller) instead of waiting in Win_free for ranks that will never come.
+    t_start = time.monotonic()
+    if topo.role is Role.SHARD:
+        stats = _shard_main(cfg, topo, windows, spec, rule, resume_path)
+        lead_result = None
+    else:
+        stats, lead_result = _replica_main(cfg, topo, windows, spec, rule, path, rd, resume, resume_path,
+                                           progress, t_start)
+    all_stats = topo.comm.gather(stats, root=0)  # every rank got here: the shutdown barriers passed
+    windows.free()
+    if topo.is_lead:
+        return _summarize(cfg, topo, rd, spec, lead_result, all_stats)
+    return None
 
 
 # -- shards ---------------------------------------------------------------------------------------
@@ -108,10 +117,11 @@ def _shard_main(cfg: Config, topo: Topology, windows: PSWindows, spec, rule: Upd
     del params, state
     if topo.me.shard_id == 0:
         server.set_ctrl(Ctrl.EXAMPLES, examples)
-    topo.comm.Barrier()  # parameters in place before any replica fetches
+    _barrier(topo.comm, dc.timeout_seconds, "every rank's start-up (parameters in place)")
+    _maybe_crash(cfg, topo)
 
-    lead_alive = _Liveness(lambda: int(server.snapshot()[Ctrl.HEARTBEAT]) if topo.me.shard_id == 0 else 0,
-                           dc.timeout_seconds, topo.me.shard_id == 0)
+    reader = PSClient(windows, 0, dc.timeout_seconds)  # for shard 0's heartbeat field
+    lead_alive = _Liveness(lambda: reader.read(0, Ctrl.HEARTBEAT), dc.timeout_seconds)
     sleep = 20e-6
     while True:
         if server.serve_once():
@@ -140,7 +150,7 @@ def _replica_main(cfg, topo, windows, spec, rule, path, rd, resume, resume_path,
     dc, tc = cfg.downpour, cfg.train
     B = tc.batch_size
     client = PSClient(windows, r, dc.timeout_seconds)
-    topo.comm.Barrier()  # shards have their parameters
+    _barrier(topo.comm, dc.timeout_seconds, "every rank's start-up (parameters in place)")
     pos = Position()
     if resume is not None or resume_path:
         import h5py
@@ -150,6 +160,8 @@ def _replica_main(cfg, topo, windows, spec, rule, path, rd, resume, resume_path,
         if rp.shape[0] != topo.replicas:
             raise DbnetError(f"{resume_path}: checkpoint has {rp.shape[0]} replicas, the config {topo.replicas}")
         pos = Position(*map(int, rp[r]))
+    examples_at_start = pos.examples
+    client.report_position(pos.epoch, pos.batch, pos.step, pos.examples)  # a checkpoint before our first push keeps it
     net = Network(spec, B)
     w = np.empty(spec.n_params, np.float32)
     g = np.empty_like(w)
@@ -166,6 +178,9 @@ def _replica_main(cfg, topo, windows, spec, rule, path, rd, resume, resume_path,
     error = None
     state = ReplicaState.DONE
     pending = 0  # examples accrued but not pushed
+    with H5Dataset(path, "train") as full:
+        max_steps = Limits(tc, full.n_examples // B).max_steps
+    limit_examples = max_steps * B if max_steps else None  # every replica stops itself at the job's limit
     with H5Dataset(path, "train", shard=r, n_shards=topo.replicas) as train:
         # Warm up (load or compile every kernel on one real batch), then start together: otherwise
         # a replica still compiling would find the job half done by the others.
@@ -173,6 +188,7 @@ def _replica_main(cfg, topo, windows, spec, rule, path, rd, resume, resume_path,
         w[:] = 0
         net.loss_and_grad(w, x0, y0, g)
         _barrier(topo.group, dc.timeout_seconds, "every replica to be ready")
+        _maybe_crash(cfg, topo)
         try:
             if lead is None:
                 _wait_started(client, dc.timeout_seconds)
@@ -208,7 +224,7 @@ def _replica_main(cfg, topo, windows, spec, rule, path, rd, resume, resume_path,
                         pending = 0
                     if lead is not None:
                         lead.tick(loss / len(y), pos.step)
-                    if transport.stop_requested():
+                    if transport.stop_requested() or (limit_examples and transport.examples_total >= limit_examples):
                         stop = True
                         break
                 else:
@@ -217,8 +233,8 @@ def _replica_main(cfg, topo, windows, spec, rule, path, rd, resume, resume_path,
             if pending and accrued is not None:  # no silent losses: push what was accrued
                 transport.push(accrued, pending, (pos.epoch, pos.batch, pos.step, pos.examples))
         except Exception as e:  # noqa: BLE001 - a replica's failure must not stop the others ...
-            if isinstance(e, (WaitTimeout, MPI.Exception)):
-                raise  # ... but a lost shard or a broken MPI is the whole job's failure
+            if isinstance(e, (WaitTimeout, MPI.Exception, LeadError)):
+                raise  # ... but a lost shard, a broken MPI or a failed lead is the whole job's failure
             state = ReplicaState.FAILED
             error = f"{type(e).__name__}: {e}"
             if not isinstance(e, (InjectedFault, TrainingDiverged)):
@@ -226,11 +242,10 @@ def _replica_main(cfg, topo, windows, spec, rule, path, rd, resume, resume_path,
             if lead is not None:
                 progress.log(f"replica {r} failed at step {pos.step}: {error.splitlines()[0]}")
         transport.finish()  # nothing in flight: MPI is the training thread's again
+        client.set_state(state)
         if lead is not None:
             lead.client = client
             lead.tick_every = 0.0
-        client.set_state(state)
-        if lead is not None:
             lead.monitor_until_stop()
         else:
             _wait_stop(client, dc.timeout_seconds)
@@ -240,7 +255,8 @@ def _replica_main(cfg, topo, windows, spec, rule, path, rd, resume, resume_path,
     _barrier(topo.comm, 10 * dc.timeout_seconds, "the lead's final evaluation and checkpoint")
     stats = {
         "role": "replica", "replica": r, "state": state.name.lower(), "error": error,
-        "steps": pos.step, "examples": pos.examples, "compute_seconds": compute_seconds,
+        "steps": pos.step, "examples": pos.examples, "examples_this_run": pos.examples - examples_at_start,
+        "compute_seconds": compute_seconds,
         "exposed_comm_seconds": transport.exposed_seconds, "overlap": dc.overlap,
         **client.stats(),
     }
@@ -263,8 +279,9 @@ class _Lead:
         self.metrics = resume.metrics if resume is not None else Metrics()
         self.wall0 = resume.loop.wall_seconds if resume is not None else 0.0
         self.t0 = time.monotonic()
-        self.evals = Every(tc.eval_every_steps, tc.eval_every_seconds)
-        self.ckpts = Every(tc.checkpoint_every_steps, tc.checkpoint_every_seconds)
+        step0 = resume.loop.step if resume is not None else 0
+        self.evals = Every(tc.eval_every_steps, tc.eval_every_seconds, step0)
+        self.ckpts = Every(tc.checkpoint_every_steps, tc.checkpoint_every_seconds, step0)
         self.buf = np.empty(spec.n_params, np.float32)  # evaluation and checkpoint copy
         self.states = rule.init_state(spec.n_params)
         self.reason: str | None = None
@@ -320,7 +337,18 @@ class _Lead:
         return acc
 
     def tick(self, loss: float | None, own_step: int) -> None:
-        """After each of the lead's own steps (or a monitoring poll): warmstart, eval, stop, checkpoint."""
+        """After each of the lead's own steps (or a monitoring poll): warmstart, eval, stop, checkpoint.
+
+        Any error here is the job's, not replica 0's: it is raised as :class:`LeadError`.
+        """
+        try:
+            self._tick(loss, own_step)
+        except (WaitTimeout, LeadError):
+            raise
+        except Exception as e:  # noqa: BLE001
+            raise LeadError(f"the lead's duties failed: {type(e).__name__}: {e}") from e
+
+    def _tick(self, loss: float | None, own_step: int) -> None:
         if loss is not None:
             self.loss_sum += loss
             self.loss_n += 1
@@ -358,9 +386,11 @@ class _Lead:
 
     def checkpoint(self) -> None:
         c = self.client
-        versions = c.read_full_state(self.buf, self.states, self.rule.state_names)
+        # Positions and the example count first: what is pushed after them is in the parameters read
+        # next, and on resume those examples are trained on again rather than skipped.
         positions = np.stack([c.read_many(0, slot(r, Slot.EPOCH), 4) for r in range(self.topo.replicas)])
         examples = c.read(0, Ctrl.EXAMPLES)
+        versions = c.read_full_state(self.buf, self.states, self.rule.state_names)
         loop = ckpt_mod.LoopState(step=examples // self.cfg.train.batch_size, examples_seen=examples,
                                   wall_seconds=self.wall(), train_seconds=self.train_wall or self.wall())
         extra = {"replica_positions": positions, "shard_versions": np.array(versions, np.int64)}
@@ -424,7 +454,7 @@ def _summarize(cfg, topo, rd, spec, lead: dict, all_stats: list[dict]) -> dict:
     shards = [s for s in all_stats if s["role"] == "shard"]
     wall = lead["train_wall"]
     for s in replicas:
-        s["examples_per_second"] = s["examples"] / s["compute_seconds"] if s["compute_seconds"] else 0.0
+        s["examples_per_second"] = s["examples_this_run"] / s["compute_seconds"] if s["compute_seconds"] else 0.0
         busy = s["compute_seconds"] + s["exposed_comm_seconds"]
         s["comm_fraction"] = s["exposed_comm_seconds"] / busy if busy else 0.0  # the training thread's share
     pushes = sum(s["pushes"] for s in replicas)

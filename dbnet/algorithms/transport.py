@@ -15,8 +15,10 @@ fetch/compute/push threads.  Only the communication thread calls MPI while
 training runs (the lead's reads go through it too), which needs only
 ``MPI_THREAD_SERIALIZED``.
 
-Both count ``exposed_seconds``: the time the training thread spent waiting
-for communication, which is what overlap is meant to hide.
+Both keep, for the parameters in use, the shard versions they were fetched
+at (pushed with the gradient, for the shards' staleness count), the job's
+total of examples as of the last push, and ``exposed_seconds``: the time the
+training thread spent waiting for communication, which overlap hides.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 
 import numpy as np
 
-from dbnet.errors import DbnetError
+from dbnet.mpi import WaitTimeout
 from dbnet.ps import PSClient
 
 
@@ -39,12 +41,14 @@ class SyncTransport:
         self.own = read_own_writes
         self.exposed_seconds = 0.0
         self.fetched_at = -1
+        self.base: list[int] = []
+        self.examples_total = 0
 
     def params_for(self, step: int, w: np.ndarray) -> np.ndarray:
         """The parameter buffer to train step ``step`` on (fetched when ``step % n_fetch == 0``)."""
         if self.fetched_at < 0 or (step % self.n_fetch == 0 and step != self.fetched_at):
             t0 = time.perf_counter()
-            self.client.fetch(w, own_writes=self.own)
+            self.base = self.client.fetch(w, own_writes=self.own)
             self.exposed_seconds += time.perf_counter() - t0
             self.fetched_at = step
         return w
@@ -52,7 +56,7 @@ class SyncTransport:
     def push(self, g: np.ndarray, examples: int, position: tuple[int, int, int, int]) -> np.ndarray:
         """Push ``g``; returns the buffer to write the next gradient into."""
         t0 = time.perf_counter()
-        self.client.push(g, examples)
+        self.examples_total = self.client.push(g, examples, self.base)
         self.client.report_position(*position)
         self.exposed_seconds += time.perf_counter() - t0
         return g
@@ -68,7 +72,9 @@ class OverlapTransport:
     def __init__(self, client: PSClient, n_fetch: int, n_params: int, timeout: float):
         self.client = client
         self.n_fetch = n_fetch
-        self.timeout = timeout
+        # A job may wait up to `timeout` on each shard; the training thread waits longer than that,
+        # so a slow shard surfaces as the job's own WaitTimeout, naming the shard.
+        self.timeout = timeout * (client.topo.shards + 2)
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="dbnet-comm")
         self.lead_client = _OnThread(client, self)
         self.spare_w = np.empty(n_params, np.float32)
@@ -80,6 +86,8 @@ class OverlapTransport:
         self.stop = False
         self.exposed_seconds = 0.0
         self.fetched_at = -1
+        self.base: list[int] = []
+        self.examples_total = 0
 
     def call(self, fn, *args, **kw):
         """Run ``fn`` on the communication thread and wait for it."""
@@ -90,28 +98,28 @@ class OverlapTransport:
         try:
             return f.result(timeout=self.timeout)
         except FutureTimeout:
-            raise DbnetError(f"communication thread: no answer within {self.timeout:g} s") from None
+            raise WaitTimeout(f"communication thread: no transfer finished within {self.timeout:g} s") from None
         finally:
             self.exposed_seconds += time.perf_counter() - t0
 
-    def _fetch_job(self, into: np.ndarray) -> np.ndarray:
-        self.client.fetch(into, own_writes=False)
+    def _fetch_job(self, into: np.ndarray):
+        versions = self.client.fetch(into, own_writes=False)
         self.stop = self.stop or self.client.stop_requested()
-        return into
+        return into, versions
 
-    def _push_job(self, g: np.ndarray, examples: int, position) -> None:
-        self.client.push(g, examples)
+    def _push_job(self, g: np.ndarray, examples: int, base: list[int], position) -> None:
+        self.examples_total = self.client.push(g, examples, base)
         self.client.report_position(*position)
         self.stop = self.stop or self.client.stop_requested()
 
     def params_for(self, step: int, w: np.ndarray) -> np.ndarray:
         if self.fetched_at < 0:
-            w = self.call(self._fetch_job, w)
+            w, self.base = self.call(self._fetch_job, w)
             self.fetched_at = step
         elif step % self.n_fetch == 0 and step != self.fetched_at:
             if self.prefetch is None:  # not started one step early (e.g. after a resume): fetch now
                 self.prefetch = self.pool.submit(self._fetch_job, self.spare_w)
-            fresh = self._wait(self.prefetch)
+            fresh, self.base = self._wait(self.prefetch)
             self.prefetch = None
             self.spare_w, w = w, fresh
             self.fetched_at = step
@@ -122,7 +130,7 @@ class OverlapTransport:
     def push(self, g: np.ndarray, examples: int, position) -> np.ndarray:
         if self.pushing is not None:
             self._wait(self.pushing)  # the previous push's buffer becomes free
-        self.pushing = self.pool.submit(self._push_job, g, examples, position)
+        self.pushing = self.pool.submit(self._push_job, g, examples, list(self.base), position)
         self.spare_g, g = g, self.spare_g
         return g
 
@@ -139,12 +147,24 @@ class OverlapTransport:
         return self.stop
 
     def finish(self) -> None:
-        """Wait for every transfer in flight; afterwards the caller may use MPI again."""
-        for f in (self.pushing, self.prefetch, self.checking):
-            if f is not None:
-                self._wait(f)
-        self.pushing = self.prefetch = self.checking = None
-        self.pool.shutdown(wait=True)
+        """Wait for every transfer in flight, stop the thread; afterwards the caller may use MPI again.
+
+        Waits for all of them even if one failed (no thread may still use MPI), then re-raises the first error.
+        """
+        error = None
+        try:
+            for f in (self.pushing, self.prefetch, self.checking):
+                if f is None:
+                    continue
+                try:
+                    self._wait(f)
+                except BaseException as e:  # noqa: BLE001 - collected, re-raised below
+                    error = error or e
+        finally:
+            self.pushing = self.prefetch = self.checking = None
+            self.pool.shutdown(wait=error is None, cancel_futures=True)  # a stuck transfer: the job aborts
+        if error is not None:
+            raise error
 
 
 class _OnThread:

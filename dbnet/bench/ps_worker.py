@@ -41,6 +41,11 @@ def copy_rate(n: int, repeats: int = 5) -> float:
     return src.nbytes / float(np.median(ts))
 
 
+def _barrier(comm, what: str, idle=None) -> None:
+    req = comm.Ibarrier()
+    mpi.wait_for(req.Test, 300, what, idle=idle)
+
+
 def main(n_params: int, seconds: float, shards: int, rule_name: str = "adagrad") -> None:
     MPI = mpi.init()
     world = MPI.COMM_WORLD
@@ -53,25 +58,26 @@ def main(n_params: int, seconds: float, shards: int, rule_name: str = "adagrad")
     if topo.role is Role.SHARD:
         L = windows.layout
         server = ShardServer(windows, rule, np.zeros(L.n, np.float32), None)
-        topo.comm.Barrier()
+        _barrier(topo.comm, "start")
+        deadline = time.monotonic() + seconds + 120
         while not server.stop_requested():
             if not server.serve_once():
                 time.sleep(50e-6)
-        req = topo.comm.Ibarrier()
-        while not req.Test():
-            server.serve_once()
+            if time.monotonic() > deadline:
+                raise mpi.WaitTimeout("ps benchmark: the replicas never asked the shard to stop")
+        _barrier(topo.comm, "the replicas to finish", idle=server.serve_once)
         out = {"role": "shard", "updates": server.version, "apply_seconds": server.apply_seconds, "n": L.n}
     else:
         client = PSClient(windows, topo.me.replica_id, timeout=120)
         rate = copy_rate(n_params)
         w = np.zeros(n_params, np.float32)
         g = np.full(n_params, 1e-3, np.float32)
-        topo.comm.Barrier()
+        _barrier(topo.comm, "start")
         t0 = time.perf_counter()
         rounds = 0
         while time.perf_counter() - t0 < seconds:
-            client.fetch(w, own_writes=False)
-            client.push(g, 0)
+            base = client.fetch(w, own_writes=False)
+            client.push(g, 0, base)
             rounds += 1
         dt = time.perf_counter() - t0
         client.drain()
@@ -79,17 +85,24 @@ def main(n_params: int, seconds: float, shards: int, rule_name: str = "adagrad")
                "bytes_per_s": (client.bytes_fetched + client.bytes_pushed) / dt,
                "fetch_s": client.fetch_seconds, "push_s": client.push_seconds, "wait_s": client.wait_seconds}
         # every replica done: replica 0 stops the shards (after the others finished their rounds)
-        topo.group.Barrier()
+        _barrier(topo.group, "every replica's last round")
         if topo.me.replica_id == 0:
             client.write_all_shards(Ctrl.STOP, 1)
-        req = topo.comm.Ibarrier()
-        while not req.Test():
-            time.sleep(1e-4)
+        _barrier(topo.comm, "the shards to finish")
     stats = topo.comm.gather(out, root=0)
     windows.free()
     if topo.rank == 0:
         print(json.dumps({"n_params": n_params, "shards": shards, "replicas": replicas, "ranks": stats}), flush=True)
 
 
+def run(argv: list[str]) -> None:
+    try:
+        main(int(argv[1]), float(argv[2]), int(argv[3]), *argv[4:5])
+    except BaseException as e:  # noqa: BLE001 - end every rank, never hang
+        from mpi4py import MPI
+
+        mpi.fail(MPI.COMM_WORLD, "ps benchmark", e)
+
+
 if __name__ == "__main__":
-    main(int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), *sys.argv[4:5])
+    run(sys.argv)

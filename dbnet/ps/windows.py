@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from dbnet.mpi import wait_for
 from dbnet.ps.layout import ShardLayout, shard_layouts
 from dbnet.topology import Role, Topology
 
@@ -18,7 +19,7 @@ class PSWindows:
     ``data`` and ``ctrl`` are numpy views of its own window memory.
     """
 
-    def __init__(self, topo: Topology, n_params: int, n_state: int):
+    def __init__(self, topo: Topology, n_params: int, n_state: int, timeout: float = 120.0):
         from mpi4py import MPI
 
         self.topo = topo
@@ -33,7 +34,8 @@ class PSWindows:
             self.data = np.frombuffer(self.data_win.tomemory(), np.float32, count=mine.data_size)
             self.ctrl = np.frombuffer(self.ctrl_win.tomemory(), np.int64, count=mine.ctrl_size)
             self.ctrl[:] = 0
-        topo.comm.Barrier()  # every ctrl window is zeroed before anyone reads it
+        req = topo.comm.Ibarrier()  # every ctrl window is zeroed before anyone reads it
+        wait_for(req.Test, timeout, "every rank to allocate the parameter server's windows")
 
     def free(self) -> None:
         """Collective: release both windows."""
