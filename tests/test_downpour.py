@@ -192,3 +192,14 @@ def test_n_fetch_n_push_and_local_steps(tmp_path, fashion_mnist_h5, overlap):
         assert rep["overlap"] is overlap
     assert s["examples_seen"] == sum(rep["examples"] for rep in s["replicas"])  # nothing accrued was lost
     assert s["final_test_accuracy"] > 0.4  # it learned (chance: 0.1)
+
+
+def test_overlap_makes_a_lone_replica_exactly_one_or_more_updates_stale(tmp_path, fashion_mnist_h5):
+    """With the communication thread, step t+1's parameters are fetched before step t's push:
+    every push but the first is at least 1 stale, and the shard's histogram must say so."""
+    cfg = write_cfg(tmp_path, fashion_mnist_h5, shards=1, replicas=1, extra="[downpour]\noverlap = true\n")
+    r = run_mpi(2, ["train", str(cfg), "--set", "train.max_steps=60"])
+    assert r.returncode == 0, r.stderr
+    s = summary(only_run_dir(tmp_path))
+    hist = s["shards"][0]["staleness_histogram"]
+    assert hist[0] == 1 and sum(hist) == s["replicas"][0]["pushes"] == s["steps"], hist
