@@ -413,17 +413,21 @@ class _Lead:
 
 
 class _Liveness:
-    """Raises if a counter stops changing for ``timeout`` seconds."""
+    """Raises if a counter (the lead's heartbeat) stops changing for ``timeout`` seconds.
 
-    def __init__(self, read, timeout: float, enabled: bool = True):
-        self.read, self.timeout, self.enabled = read, timeout, enabled
-        self.value, self.since = None, time.monotonic()
+    Reads it at most every ``period`` seconds, so idle loops do not flood shard 0 with reads.
+    """
+
+    def __init__(self, read, timeout: float, period: float = 0.1):
+        self.read, self.timeout, self.period = read, timeout, period
+        self.value, self.since, self.last = None, time.monotonic(), 0.0
 
     def check(self, what: str) -> None:
-        if not self.enabled:
-            return
-        v = self.read()
         now = time.monotonic()
+        if now - self.last < self.period:
+            return
+        self.last = now
+        v = self.read()
         if v != self.value:
             self.value, self.since = v, now
         elif now - self.since > self.timeout:

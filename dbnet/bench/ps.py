@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -40,6 +41,19 @@ def _env() -> dict:
     return env
 
 
+def _run(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """Run an mpiexec job in its own process group; on timeout kill mpiexec *and* its ranks."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except BaseException:  # a timeout, or the caller interrupted: leave no rank behind
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
 def _row(name, value, unit, note="", **extra):
     return {"name": name, "value": value, "unit": unit, "note": note, **extra}
 
@@ -52,7 +66,7 @@ def ps(batches: list[int], repeats: int, quick: bool = False) -> list[dict]:
     cases = ((1, "sgd"), (2, "adagrad")) if quick else ((1, "sgd"), (1, "adagrad"), (2, "adagrad"), (3, "adagrad"))
     for R, rule in cases:
         cmd = _mpiexec(R + 1) + [sys.executable, "-m", "dbnet.bench.ps_worker", str(n), str(seconds), "1", rule]
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=_env())
+        out = _run(cmd, 300)
         label = f"{R} replica{'s' * (R > 1)}, {rule}"
         if out.returncode != 0:
             rows.append(_row(label, None, "", f"failed: {out.stderr.strip()[-300:]}"))
@@ -114,8 +128,7 @@ def downpour(batches: list[int], repeats: int, quick: bool = False) -> list[dict
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         base = [sys.executable, "-m", "dbnet", "train", "--quiet"]
-        out = subprocess.run(base + [str(_config(tmp, "sgd", 1, quick))], capture_output=True, text=True,
-                             timeout=600, env=_env())
+        out = _run(base + [str(_config(tmp, "sgd", 1, quick))], 600)
         if out.returncode != 0:
             return [_row("sgd", None, "", f"failed: {out.stderr.strip()[-300:]}")]
         (run,) = (tmp / "runs").glob("bench-sgd-*")
@@ -125,8 +138,7 @@ def downpour(batches: list[int], repeats: int, quick: bool = False) -> list[dict
             for overlap in (True,) if quick else (False, True):
                 cfg = _config(tmp, "downpour", R, quick, overlap)
                 label = f"downpour {R} replica{'s' * (R > 1)} + 1 shard, {'overlap' if overlap else 'sync'}"
-                out = subprocess.run(_mpiexec(R + 1) + base + [str(cfg)], capture_output=True, text=True,
-                                     timeout=600, env=_env())
+                out = _run(_mpiexec(R + 1) + base + [str(cfg)], 600)
                 if out.returncode != 0:
                     rows.append(_row(label, None, "", f"failed: {out.stderr.strip()[-300:]}"))
                     continue
