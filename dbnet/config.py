@@ -196,8 +196,7 @@ class Config:
         return dataclasses.replace(self, **sections)
 
 
-SECTIONS: dict[str, type] = {f.name: f.type for f in dataclasses.fields(Config)}
-SECTIONS = {name: typing.get_type_hints(Config)[name] for name in SECTIONS}
+SECTIONS: dict[str, type] = {f.name: typing.get_type_hints(Config)[f.name] for f in dataclasses.fields(Config)}
 
 
 def _coerce(where: str, value: Any, hint: Any) -> Any:

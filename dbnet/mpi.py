@@ -77,6 +77,15 @@ class WaitTimeout(DbnetError):
     """A bounded wait ran out: names what was awaited and for how long."""
 
 
+def barrier(comm, timeout: float, what: str, idle: Callable[[], bool] | None = None) -> None:
+    """A barrier over ``comm`` that gives up after ``timeout`` seconds (:class:`WaitTimeout`).
+
+    ``idle()`` runs while waiting (a shard keeps serving pushes); collective over ``comm``.
+    """
+    req = comm.Ibarrier()
+    wait_for(req.Test, timeout, what, idle=idle)
+
+
 def wait_for(ready: Callable[[], bool], timeout: float, what: str, *, idle: Callable[[], None] | None = None,
              min_sleep: float = 20e-6, max_sleep: float = 1e-3) -> float:
     """Poll ``ready()`` until it is true; return the seconds waited.

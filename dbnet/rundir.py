@@ -111,8 +111,8 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def make_summary(cfg: Config, rd: RunDir, metrics: Metrics, loop, reason: str | None, spec, train, *,
-                 algorithm: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def make_summary(cfg: Config, rd: RunDir, metrics: Metrics, loop, reason: str | None, spec, *,
+                 algorithm: str, dataset: str, n_train: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """The ``summary.json`` of a finished run (also written to ``rd``).
 
     ``examples_per_second`` counts training time only (``train_seconds``:
@@ -126,14 +126,14 @@ def make_summary(cfg: Config, rd: RunDir, metrics: Metrics, loop, reason: str | 
         "final_test_loss": metrics.last("test_loss"),
         "examples_seen": loop.examples_seen,
         "steps": loop.step,
-        "epochs": loop.examples_seen / train.n_examples,
+        "epochs": loop.examples_seen / n_train,
         "wall_seconds": loop.wall_seconds,
         "train_seconds": loop.train_seconds,
         "examples_per_second": loop.examples_seen / loop.train_seconds if loop.train_seconds else 0.0,
         "stopped_because": reason,
         "model": spec.describe(),
         "n_params": spec.n_params,
-        "dataset": train.name,
+        "dataset": dataset,
         "batch_size": cfg.train.batch_size,
         "optimizer": cfg.optimizer.rule,
         "lr": cfg.optimizer.lr,

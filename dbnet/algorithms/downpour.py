@@ -44,7 +44,7 @@ from dbnet.kernels import updates
 from dbnet.loop import Every, Limits
 from dbnet.metrics import Metrics
 from dbnet.model import Network, init_params
-from dbnet.mpi import WaitTimeout, wait_for
+from dbnet.mpi import WaitTimeout, barrier
 from dbnet.optim import UpdateRule
 from dbnet.progress import Progress
 from dbnet.ps import PSClient, PSWindows, ShardServer
@@ -117,7 +117,7 @@ def _shard_main(cfg: Config, topo: Topology, windows: PSWindows, spec, rule: Upd
     del params, state
     if topo.me.shard_id == 0:
         server.set_ctrl(Ctrl.EXAMPLES, examples)
-    _barrier(topo.comm, dc.timeout_seconds, "every rank's start-up (parameters in place)")
+    barrier(topo.comm, dc.timeout_seconds, "every rank's start-up (parameters in place)")
     _maybe_crash(cfg, topo)
 
     reader = PSClient(windows, 0, dc.timeout_seconds)  # for shard 0's heartbeat field
@@ -133,11 +133,11 @@ def _shard_main(cfg: Config, topo: Topology, windows: PSWindows, spec, rule: Upd
         time.sleep(sleep)
         sleep = min(2 * sleep, 2e-4)  # a replica waiting on this shard waits at most ~0.2 ms extra
     # Shutdown: serve until every replica has finished its last push, then drain.
-    _barrier(topo.comm, dc.timeout_seconds, "replicas to finish (shutdown phase 1)", idle=server.serve_once)
+    barrier(topo.comm, dc.timeout_seconds, "replicas to finish (shutdown phase 1)", idle=server.serve_once)
     while server.serve_once():
         pass
-    _barrier(topo.comm, dc.timeout_seconds, "shutdown phase 2")
-    _barrier(topo.comm, 10 * dc.timeout_seconds, "the lead's final evaluation and checkpoint")
+    barrier(topo.comm, dc.timeout_seconds, "shutdown phase 2")
+    barrier(topo.comm, 10 * dc.timeout_seconds, "the lead's final evaluation and checkpoint")
     return {"role": "shard", **server.stats()}
 
 
@@ -150,9 +150,9 @@ def _replica_main(cfg, topo, windows, spec, rule, path, rd, resume, resume_path,
     dc, tc = cfg.downpour, cfg.train
     B = tc.batch_size
     client = PSClient(windows, r, dc.timeout_seconds)
-    _barrier(topo.comm, dc.timeout_seconds, "every rank's start-up (parameters in place)")
+    barrier(topo.comm, dc.timeout_seconds, "every rank's start-up (parameters in place)")
     pos = Position()
-    if resume is not None or resume_path:
+    if resume_path:
         import h5py
 
         with h5py.File(resume_path, "r") as f:
@@ -187,7 +187,7 @@ def _replica_main(cfg, topo, windows, spec, rule, path, rd, resume, resume_path,
         x0, y0 = next(train.batches(B, seed=cfg.run.seed, epoch=0))
         w[:] = 0
         net.loss_and_grad(w, x0, y0, g)
-        _barrier(topo.group, dc.timeout_seconds, "every replica to be ready")
+        barrier(topo.group, dc.timeout_seconds, "every replica to be ready")
         _maybe_crash(cfg, topo)
         try:
             if lead is None:
@@ -249,10 +249,10 @@ def _replica_main(cfg, topo, windows, spec, rule, path, rd, resume, resume_path,
             lead.monitor_until_stop()
         else:
             _wait_stop(client, dc.timeout_seconds)
-    _barrier(topo.comm, dc.timeout_seconds, "replicas to finish (shutdown phase 1)")
-    _barrier(topo.comm, dc.timeout_seconds, "shards to drain (shutdown phase 2)")
+    barrier(topo.comm, dc.timeout_seconds, "replicas to finish (shutdown phase 1)")
+    barrier(topo.comm, dc.timeout_seconds, "shards to drain (shutdown phase 2)")
     lead_result = lead.finish() if lead is not None else None
-    _barrier(topo.comm, 10 * dc.timeout_seconds, "the lead's final evaluation and checkpoint")
+    barrier(topo.comm, 10 * dc.timeout_seconds, "the lead's final evaluation and checkpoint")
     stats = {
         "role": "replica", "replica": r, "state": state.name.lower(), "error": error,
         "steps": pos.step, "examples": pos.examples, "examples_this_run": pos.examples - examples_at_start,
@@ -448,11 +448,6 @@ def _wait_stop(client: PSClient, timeout: float) -> None:
         time.sleep(0.02)
 
 
-def _barrier(comm, timeout: float, what: str, idle=None) -> None:
-    req = comm.Ibarrier()
-    wait_for(lambda: req.Test(), timeout, what, idle=idle)
-
-
 def _summarize(cfg, topo, rd, spec, lead: dict, all_stats: list[dict]) -> dict:
     replicas = [s for s in all_stats if s["role"] == "replica"]
     shards = [s for s in all_stats if s["role"] == "shard"]
@@ -467,10 +462,6 @@ def _summarize(cfg, topo, rd, spec, lead: dict, all_stats: list[dict]) -> dict:
     loop = ckpt_mod.LoopState(step=lead["examples"] // cfg.train.batch_size, examples_seen=lead["examples"],
                               wall_seconds=lead["wall"], train_seconds=wall)
 
-    class _Train:  # what make_summary reads of the dataset
-        name = cfg.data.dataset if not cfg.data.path else cfg.data.path
-        n_examples = lead["n_train"]
-
     extra = {
         "topology": topo.describe(),
         "downpour": {k: getattr(cfg.downpour, k) for k in ("n_fetch", "n_push", "alpha", "warmstart_steps",
@@ -482,5 +473,6 @@ def _summarize(cfg, topo, rd, spec, lead: dict, all_stats: list[dict]) -> dict:
         "replicas": replicas,
         "shards": shards,
     }
-    return make_summary(cfg, rd, lead["metrics"], loop, lead["reason"], spec, _Train, algorithm="downpour",
+    return make_summary(cfg, rd, lead["metrics"], loop, lead["reason"], spec, algorithm="downpour",
+                        dataset=cfg.data.path or cfg.data.dataset, n_train=lead["n_train"],
                         extra=extra)

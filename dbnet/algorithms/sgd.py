@@ -97,7 +97,8 @@ def run(cfg: Config, rd: RunDir, resume: ckpt_mod.Checkpoint | None, progress: P
                 loop.examples_seen += len(y)
                 loss_sum += loss / len(y)
                 loss_n += 1
-                progress.update(loop.step, f"loss {loss / len(y):.4f}  {loop.examples_seen / max(loop.train_seconds, 1e-9):,.0f} ex/s")
+                if progress.tty:  # no string formatting in the hot loop of a batch job
+                    progress.update(loop.step, f"loss {loss / len(y):.4f}  {loop.examples_seen / max(loop.train_seconds, 1e-9):,.0f} ex/s")
                 acc = do_eval() if evals.due(loop.step) else None
                 reason = limits.reason(loop.step, wall(), acc)
                 if reason is None and ckpts.due(loop.step):
@@ -111,4 +112,5 @@ def run(cfg: Config, rd: RunDir, resume: ckpt_mod.Checkpoint | None, progress: P
             do_eval()
         save_checkpoint()
         progress.close()
-        return make_summary(cfg, rd, metrics, loop, reason, spec, train, algorithm="sgd")
+        return make_summary(cfg, rd, metrics, loop, reason, spec, algorithm="sgd", dataset=train.name,
+                            n_train=train.n_examples)

@@ -41,11 +41,6 @@ def copy_rate(n: int, repeats: int = 5) -> float:
     return src.nbytes / float(np.median(ts))
 
 
-def _barrier(comm, what: str, idle=None) -> None:
-    req = comm.Ibarrier()
-    mpi.wait_for(req.Test, 300, what, idle=idle)
-
-
 def main(n_params: int, seconds: float, shards: int, rule_name: str = "adagrad") -> None:
     MPI = mpi.init()
     world = MPI.COMM_WORLD
@@ -58,21 +53,21 @@ def main(n_params: int, seconds: float, shards: int, rule_name: str = "adagrad")
     if topo.role is Role.SHARD:
         L = windows.layout
         server = ShardServer(windows, rule, np.zeros(L.n, np.float32), None)
-        _barrier(topo.comm, "start")
+        mpi.barrier(topo.comm, 300, "start")
         deadline = time.monotonic() + seconds + 120
         while not server.stop_requested():
             if not server.serve_once():
                 time.sleep(50e-6)
             if time.monotonic() > deadline:
                 raise mpi.WaitTimeout("ps benchmark: the replicas never asked the shard to stop")
-        _barrier(topo.comm, "the replicas to finish", idle=server.serve_once)
+        mpi.barrier(topo.comm, 300, "the replicas to finish", idle=server.serve_once)
         out = {"role": "shard", "updates": server.version, "apply_seconds": server.apply_seconds, "n": L.n}
     else:
         client = PSClient(windows, topo.me.replica_id, timeout=120)
         rate = copy_rate(n_params)
         w = np.zeros(n_params, np.float32)
         g = np.full(n_params, 1e-3, np.float32)
-        _barrier(topo.comm, "start")
+        mpi.barrier(topo.comm, 300, "start")
         t0 = time.perf_counter()
         rounds = 0
         while time.perf_counter() - t0 < seconds:
@@ -85,10 +80,10 @@ def main(n_params: int, seconds: float, shards: int, rule_name: str = "adagrad")
                "bytes_per_s": (client.bytes_fetched + client.bytes_pushed) / dt,
                "fetch_s": client.fetch_seconds, "push_s": client.push_seconds, "wait_s": client.wait_seconds}
         # every replica done: replica 0 stops the shards (after the others finished their rounds)
-        _barrier(topo.group, "every replica's last round")
+        mpi.barrier(topo.group, 300, "every replica's last round")
         if topo.me.replica_id == 0:
             client.write_all_shards(Ctrl.STOP, 1)
-        _barrier(topo.comm, "the shards to finish")
+        mpi.barrier(topo.comm, 300, "the shards to finish")
     stats = topo.comm.gather(out, root=0)
     windows.free()
     if topo.rank == 0:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dbnet.mpi import wait_for
+from dbnet.mpi import barrier
 from dbnet.ps.layout import ShardLayout, shard_layouts
 from dbnet.topology import Role, Topology
 
@@ -34,8 +34,8 @@ class PSWindows:
             self.data = np.frombuffer(self.data_win.tomemory(), np.float32, count=mine.data_size)
             self.ctrl = np.frombuffer(self.ctrl_win.tomemory(), np.int64, count=mine.ctrl_size)
             self.ctrl[:] = 0
-        req = topo.comm.Ibarrier()  # every ctrl window is zeroed before anyone reads it
-        wait_for(req.Test, timeout, "every rank to allocate the parameter server's windows")
+        # every ctrl window is zeroed before anyone reads it
+        barrier(topo.comm, timeout, "every rank to allocate the parameter server's windows")
 
     def free(self) -> None:
         """Collective: release both windows."""
