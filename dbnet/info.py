@@ -25,14 +25,7 @@ def collect() -> dict[str, str]:
         "numba": numba.__version__,
         "h5py": f"{h5py.__version__} (HDF5 {h5py.version.hdf5_version}, MPI-parallel: {h5py.get_config().mpi})",
     }
-    try:
-        from threadpoolctl import threadpool_info  # optional
-
-        blas = [f"{p['internal_api']} {p['version']} {p.get('architecture', '')} threads={p['num_threads']}"
-                for p in threadpool_info() if p["user_api"] == "blas"]
-        info["blas"] = "; ".join(blas)
-    except ImportError:
-        info["blas"] = f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(auto-detect)')}"
+    info.update(blas_report())
     info["dbnet tuning"] = "; ".join(_tuning.applied) or "none (DBNET_TUNE=0 or already set)"
     try:
         import mpi4py
@@ -51,6 +44,40 @@ def collect() -> dict[str, str]:
     except Exception as e:  # noqa: BLE001
         info["numba threading layer"] = f"unavailable ({e})"
     return info
+
+
+def blas_report() -> dict[str, str]:
+    """What ``import dbnet`` decided about the OpenBLAS kernel and why, and the kernel running now."""
+    from dbnet import _tuning
+
+    found = _tuning.openblas or _tuning.find_openblas()
+    flags = _tuning.cpu_flags()
+    missing = sorted(_tuning._AVX512 - flags)
+    decision = _tuning.decision
+    env_had = _tuning.environment_coretype
+    report = {
+        "openblas found": f"{found.version or 'version unknown'} ({found.source})",
+        "cpu AVX-512": (f"no ({' '.join(missing)} missing)" if missing
+                        else "yes (" + " ".join(sorted(f for f in flags if f.startswith("avx512"))) + ")"),
+        "OPENBLAS_CORETYPE": f"{os.environ.get('OPENBLAS_CORETYPE', 'unset')} "
+                             f"(the environment had {env_had if env_had is not None else 'it unset'})",
+        "OPENBLAS_L2_SIZE": f"{os.environ.get('OPENBLAS_L2_SIZE', 'unset')} (never changed by dbnet)",
+        "coretype decision": (f"{'override' if decision.override else 'no override'}: {decision.reason}"
+                              if decision else "not made (dbnet._tuning.tune did not run)"),
+    }
+    try:
+        from threadpoolctl import threadpool_info  # optional
+    except ImportError:
+        report["blas"] = "unknown at run time (pip install threadpoolctl to show the kernel in use)"
+        return report
+    blas = [p for p in threadpool_info() if p["user_api"] == "blas"]
+    report["blas"] = "; ".join(
+        f"{p['internal_api']} {p['version']}, kernel {p.get('architecture', '?')}, {p['num_threads']} threads, "
+        f"{os.path.basename(p['filepath'])}" for p in blas) or "no BLAS loaded"
+    arch = {str(p.get("architecture", "")).lower() for p in blas if p["internal_api"] == "openblas"}
+    if decision and decision.override and arch and arch != {"skylakex"}:
+        report["blas"] += "  (!) expected SkylakeX: OpenBLAS did not honour OPENBLAS_CORETYPE"
+    return report
 
 
 def _touch(a):

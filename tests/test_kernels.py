@@ -1,4 +1,11 @@
-"""Every Numba/BLAS kernel against its plain-numpy twin in dbnet.kernels.reference."""
+"""Every Numba/BLAS kernel against its plain-numpy twin in dbnet.kernels.reference.
+
+The twins of the dense layer go through the same ``np.matmul`` (the same
+OpenBLAS sgemm kernel) as the layer itself, so the dense layer is also checked
+against a float64 reference that does not call BLAS at all (``matmul64``).
+"""
+
+import math
 
 import numpy as np
 import pytest
@@ -134,3 +141,102 @@ def test_count_nonfinite_and_axpy():
     expect = y + np.float32(0.5) * a
     updates.axpy(y, 0.5, a)
     np.testing.assert_allclose(y, expect, rtol=1e-6)
+
+
+# --- Dense layer against a float64 reference that bypasses OpenBLAS --------------------------------
+
+U = 2.0**-24  # unit roundoff of float32
+
+
+def matmul64(a, b):
+    """``a @ b`` in float64 by numpy's own einsum loops: ``optimize=False`` never calls BLAS."""
+    return np.einsum("ik,kj->ij", a.astype(np.float64), b.astype(np.float64), optimize=False)
+
+
+def gemm_bound(a, b, n_extra=0):
+    """Worst-case error of a float32 product ``a @ b`` with inner size K, elementwise.
+
+    Any summation order (blocked, FMA or not, any threads) gives
+    ``|fl(AB) - AB| <= gamma_K |A||B|`` with ``gamma_K = K u / (1 - K u)``
+    (Higham, Accuracy and Stability, Thm 3.5); ``n_extra`` more float32
+    operations on the result (adding the bias) add one rounding each.  The
+    float64 reference is exact to ~K 2^-53, far below this.  A wrong kernel
+    (a dropped, doubled or misplaced term, a stale block) is off by about one
+    term, |A||B|/K, which exceeds the bound by a factor of 1 / (K^2 u) > 180
+    for K <= 300.
+    """
+    k = a.shape[1] + n_extra
+    gamma = k * U / (1 - k * U)
+    return gamma * matmul64(np.abs(a), np.abs(b))
+
+
+def blas_kernel() -> str:
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return "unknown BLAS kernel"
+    return ", ".join(f"{p['internal_api']} {p['version']} {p.get('architecture', '?')}"
+                     for p in threadpool_info() if p["user_api"] == "blas")
+
+
+def assert_within(got, ref, bound, what):
+    err = np.abs(got.astype(np.float64) - ref)
+    worst = np.unravel_index(np.argmax(err - bound), err.shape)
+    assert (err <= bound).all(), (
+        f"{what}: {int((err > bound).sum())} of {err.size} elements beyond the float32 error bound; "
+        f"worst at {worst}: got {got[worst]!r}, float64 reference {ref[worst]!r}, bound {bound[worst]:.3g} "
+        f"[{blas_kernel()}]")
+
+
+# (batch, n_in, n_out): trivial; odd sizes on OpenBLAS's small-matrix path (M*N*K < 1e6); and
+# blocked sgemm with packing and edge tiles, K crossing the SkylakeX K-block of 256 once and twice.
+DENSE_SHAPES = [(1, 1, 1), (33, 17, 65), (256, 300, 129), (64, 700, 96)]
+
+
+def test_matmul64_is_exact_where_sampled():
+    """The reference itself: float32 products are exact in float64; fsum rounds their sum once."""
+    rng = np.random.default_rng(7)
+    a, b = randn(40, 300), randn(300, 30)
+    ref = matmul64(a, b)
+    for i, j in zip(rng.integers(0, 40, 25), rng.integers(0, 30, 25)):
+        exact = math.fsum(float(a[i, k]) * float(b[k, j]) for k in range(300))
+        assert abs(ref[i, j] - exact) <= 300 * 2.0**-53 * float(np.abs(a[i]) @ np.abs(b[:, j]))
+
+
+def test_gemm_bound_catches_a_dropped_term():
+    """The tolerance is tight enough to see one missing product of median size in a sum of K = 300."""
+    x, w = randn(256, 300), randn(300, 129)
+    got = (x @ w).astype(np.float64)
+    ref, bound = matmul64(x, w), gemm_bound(x, w)
+    assert (np.abs(got - ref) <= bound).all()
+    terms = x[100].astype(np.float64) * w[:, 50]
+    k = np.argsort(np.abs(terms))[150]  # a term of median size
+    got[100, 50] -= terms[k]
+    assert abs(got[100, 50] - ref[100, 50]) > 10 * bound[100, 50]
+
+
+@pytest.mark.parametrize("shape", DENSE_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_dense_forward_against_float64_without_blas(shape):
+    batch, n_in, n_out = shape
+    x, w, b = randn(batch, n_in), randn(n_in, n_out, scale=n_in**-0.5), randn(n_out)
+    y = np.empty((batch, n_out), np.float32)
+    dense_forward(x, w, b, y, "linear")  # linear: y = x @ W + b, the sgemm and one rounding
+    bound = gemm_bound(x, w, n_extra=1) + 2 * U * np.abs(b.astype(np.float64))
+    assert_within(y, matmul64(x, w) + b, bound, f"dense_forward {shape}")
+
+
+@pytest.mark.parametrize("act", ["linear", "sigmoid"])
+@pytest.mark.parametrize("shape", DENSE_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_dense_backward_against_float64_without_blas(shape, act):
+    batch, n_in, n_out = shape
+    x, w = randn(batch, n_in), randn(n_in, n_out, scale=n_in**-0.5)
+    y = np.empty((batch, n_out), np.float32)
+    dense_forward(x, w, np.zeros(n_out, np.float32), y, act)
+    dy = randn(batch, n_out)
+    dw, db, dx = np.empty_like(w), np.empty(n_out, np.float32), np.empty_like(x)
+    dense_backward(x, w, y, dy, dw, db, dx, act)
+    dz = dy  # now dLoss/dz in float32: the sgemm inputs, so the references use exactly these
+    assert_within(dw, matmul64(x.T, dz), gemm_bound(x.T, dz), f"dW = x.T @ dz {shape} {act}")
+    assert_within(dx, matmul64(dz, w.T), gemm_bound(dz, w.T), f"dx = dz @ W.T {shape} {act}")
+    ones = np.ones((1, batch), np.float32)
+    assert_within(db[None, :], matmul64(ones, dz), gemm_bound(ones, dz), f"db {shape} {act}")
