@@ -19,12 +19,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.resume and args.config:
         raise DbnetError("give either CONFIG or --resume RUN_DIR, not both (the run directory holds its config)")
     if mpi.launched_by_mpi():
-        from dbnet import distributed
+        from dbnet.runtime.startup import main
 
-        return distributed.main(args.config, args.set, args.resume, args.quiet)
+        return main(args.config, args.set, args.resume, args.quiet)
 
     from dbnet import config as config_mod
-    from dbnet.progress import Progress
+    from dbnet.progress import Progress, print_summary
     from dbnet.train import resume_config, train
 
     progress = Progress(None, enabled=False if args.quiet else None)
@@ -45,20 +45,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _require_single_process(cfg, what: str) -> None:
     if cfg.distributed:
-        from dbnet.topology import world_size
+        from dbnet.algorithms import world_size
 
-        t = cfg.topology
-        n = world_size(t.shards, t.replicas, t.partitions)
+        n = world_size(cfg)
         raise DbnetError(f"train.algorithm = {cfg.train.algorithm!r} runs under MPI on {n} ranks: "
                          f"dbnet launch {what}  (or: mpiexec -n {n} dbnet train ..., srun -n {n} dbnet train ...)")
-
-
-def print_summary(s: dict) -> None:
-    print(f"done: {s['stopped_because']}; test accuracy {100 * s['final_test_accuracy']:.2f}% "
-          f"(best {100 * s['best_test_accuracy']:.2f}%), {s['examples_seen']} examples in {s['wall_seconds']:.1f} s "
-          f"({s['examples_per_second']:,.0f} examples/s)")
-    print(f"summary: {s['run_dir']}/summary.json")
-    print(f"plot:    {s['plot']}")
 
 
 def _cmd_launch(args: argparse.Namespace) -> int:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -51,7 +52,9 @@ def _nonneg(default):
 class RunConfig:
     """Naming and seeding."""
 
-    name: str = "run"
+    name: str = _rule(lambda v: re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", v) is not None,
+                      "letters, digits, '.', '_' and '-', starting with a letter or digit (it names a directory "
+                      "inside out_dir)", default="run")
     out_dir: str = "runs"
     seed: int = _nonneg(0)
     threads: int = _nonneg(0)  # threads per process (Numba and BLAS); 0: the node's cores / ranks on it
@@ -93,7 +96,7 @@ class TrainConfig:
     least one of max_steps, max_epochs, max_seconds must be set.
     """
 
-    algorithm: str = _choice("sgd", "downpour", default="sgd")
+    algorithm: str = _choice("sgd", "downpour", default="sgd")  # the names of dbnet.algorithms.REGISTRY
     batch_size: int = _positive(128)
     max_steps: int = _nonneg(0)
     max_epochs: float = _nonneg(0.0)
@@ -103,7 +106,7 @@ class TrainConfig:
     eval_every_seconds: float = _nonneg(5.0)
     eval_examples: int = _nonneg(0)  # 0: the whole test set
     checkpoint_every_steps: int = _nonneg(0)
-    checkpoint_every_seconds: float = _nonneg(60.0)
+    checkpoint_every_seconds: float = _nonneg(10.0)  # distributed runs also checkpoint when warmstart ends
     keep_checkpoints: int = _positive(2)
 
     def __post_init__(self):
@@ -122,21 +125,51 @@ class TopologyConfig:
     partitions: int = _rule(lambda v: v == 1, "1 (model parallelism is not implemented yet)", default=1)
 
 
+
+
+@dataclass(frozen=True)
+class PSConfig:
+    """The sharded parameter server (dbnet.ps), for every algorithm that uses one.
+
+    inbox_slots: gradient slots per shard, shared by all replicas (memory per
+    shard: (1 + optimizer state arrays + inbox_slots) x its slice of float32).
+    apply_chunk: parameters updated between two MPI calls of a shard.
+    snapshot_seconds: the longest a shard pauses its updates for a
+    checkpoint's read.  read_own_writes: a fetch first waits until the shards
+    applied this replica's previous pushes (without comm.overlap, one
+    replica is then exactly SGD).
+    """
+
+    inbox_slots: int = _positive(4)
+    apply_chunk: int = _positive(1 << 20)
+    snapshot_seconds: float = _positive(5.0)
+    read_own_writes: bool = True
+
+
+@dataclass(frozen=True)
+class CommConfig:
+    """Communication shared by every distributed algorithm.
+
+    overlap: a communication thread does a replica's transfers while it
+    computes (see dbnet.comm); the parameters then lack the replica's own
+    latest push or two.  timeout_seconds bounds every wait for another rank
+    (a shard, the lead, a barrier): past it the job fails with one line
+    naming what it waited for.  A rank stopped for less (SIGSTOP, swapped
+    out) is waited for, never blamed.
+    """
+
+    overlap: bool = True
+    timeout_seconds: float = _positive(120.0)
+
+
 @dataclass(frozen=True)
 class DownpourConfig:
-    """Downpour SGD (DistBelief section 4.1); the shards apply ``[optimizer]``'s rule.
+    """Downpour SGD (DistBelief section 4.1): its schedule only; the shards apply ``[optimizer]``'s rule.
 
     n_fetch / n_push: fetch parameters every n_fetch steps, push the accrued
     gradient every n_push steps.  alpha: local step size between fetches
-    (0: none).  overlap: a communication thread fetches the next
-    parameters and pushes the last gradient while the replica computes (see
-    dbnet.algorithms.transport); the parameters then lack the replica's own
-    latest push or two.  With overlap = false, fetch and push run in the
-    training thread, and read_own_writes makes a fetch wait until the shards
-    have applied this replica's previous push (one replica is then exactly
-    SGD).  Warmstart: replica 0 trains alone for warmstart_steps steps
-    and/or warmstart_seconds before the others start.  timeout_seconds bounds
-    every wait (a replica waiting for a shard, the shutdown).
+    (0: none).  Warmstart: replica 0 trains alone for warmstart_steps steps
+    and/or warmstart_seconds before the others start (never again on resume).
     """
 
     n_fetch: int = _positive(1)
@@ -144,10 +177,11 @@ class DownpourConfig:
     alpha: float = _nonneg(0.0)
     warmstart_steps: int = _nonneg(0)
     warmstart_seconds: float = _nonneg(0.0)
-    overlap: bool = True
-    read_own_writes: bool = True
-    apply_chunk: int = _positive(1 << 20)
-    timeout_seconds: float = _positive(120.0)
+
+
+#: Keys that moved out of a section: (section, key) -> where they are now.
+MOVED = {("downpour", "overlap"): "comm.overlap", ("downpour", "timeout_seconds"): "comm.timeout_seconds",
+         ("downpour", "read_own_writes"): "ps.read_own_writes", ("downpour", "apply_chunk"): "ps.apply_chunk"}
 
 
 @dataclass(frozen=True)
@@ -157,15 +191,17 @@ class FaultsConfig:
     fail_replica stops at its step fail_at_step as if its step raised;
     nan_replica pushes a gradient full of NaN at its step nan_at_step (the
     shards must reject it); crash_rank raises an unhandled error on that
-    world rank once the parameter server is up (the whole job must end
-    promptly with that rank's message, not hang).
+    world rank at crash_at_step (a replica's own step, a shard's applied
+    updates; 0: right after start-up): the whole job must end promptly with
+    that rank's message, not hang.
     """
 
     fail_replica: int = _rule(lambda v: v >= -1, ">= -1", default=-1)
     fail_at_step: int = _nonneg(0)
     nan_replica: int = _rule(lambda v: v >= -1, ">= -1", default=-1)
     nan_at_step: int = _nonneg(0)
-    crash_rank: int = _rule(lambda v: v >= -1, ">= -1", default=-1)  # unhandled error at start: the job must abort
+    crash_rank: int = _rule(lambda v: v >= -1, ">= -1", default=-1)  # unhandled error: the job must abort
+    crash_at_step: int = _nonneg(0)
 
 
 @dataclass(frozen=True)
@@ -178,6 +214,8 @@ class Config:
     optimizer: OptimizerConfig = OptimizerConfig()
     train: TrainConfig = TrainConfig(max_epochs=1.0)
     topology: TopologyConfig = TopologyConfig()
+    ps: PSConfig = PSConfig()
+    comm: CommConfig = CommConfig()
     downpour: DownpourConfig = DownpourConfig()
     faults: FaultsConfig = FaultsConfig()
 
@@ -186,6 +224,13 @@ class Config:
             value = getattr(self.faults, key)
             if value >= self.topology.replicas:
                 raise ConfigError(f"faults.{key} = {value}: must be < topology.replicas = {self.topology.replicas}")
+        if self.distributed:
+            from dbnet.algorithms import world_size
+
+            n = world_size(self)
+            if self.faults.crash_rank >= n:
+                raise ConfigError(f"faults.crash_rank = {self.faults.crash_rank}: must be < the world size {n} "
+                                  f"(or -1 for none)")
 
     @property
     def distributed(self) -> bool:
@@ -234,6 +279,9 @@ def _build_section(name: str, cls: type, table: Any, source: str) -> Any:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(table) - set(fields))
+    moved = [k for k in unknown if (name, k) in MOVED]
+    if moved:
+        raise ConfigError(f"{source}: {name}.{moved[0]} has moved to {MOVED[(name, moved[0])]}")
     if unknown:
         raise ConfigError(
             f"{source}: unknown key {name}.{unknown[0]}; valid keys in [{name}]: {', '.join(fields)}"
@@ -286,7 +334,10 @@ def apply_overrides(doc: dict, overrides: list[str]) -> dict:
         section, name, value = _parse_override(item)
         if section not in SECTIONS:
             raise ConfigError(f"--set {item!r}: unknown section [{section}]; valid sections: {', '.join(SECTIONS)}")
-        doc.setdefault(section, {})[name] = value
+        table = doc.setdefault(section, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"--set {item!r}: [{section}] in the config is {table!r}, not a table")
+        table[name] = value
     return doc
 
 

@@ -51,3 +51,12 @@ class Progress:
             self.stream.write("\r\x1b[K")
             self.stream.flush()
             self._drawn = False
+
+
+def print_summary(s: dict) -> None:
+    """The last lines of a run: why it stopped, accuracy, throughput, where its files are."""
+    print(f"done: {s['stopped_because']}; test accuracy {100 * s['final_test_accuracy']:.2f}% "
+          f"(best {100 * s['best_test_accuracy']:.2f}%), {s['examples_seen']} examples in {s['wall_seconds']:.1f} s "
+          f"({s['examples_per_second']:,.0f} examples/s)")
+    print(f"summary: {s['run_dir']}/summary.json")
+    print(f"plot:    {s['plot']}")

@@ -36,6 +36,9 @@ class RankRole:
     partition_id: int | None = None
     shard_id: int | None = None
 
+    def ids(self) -> dict:
+        return {"replica_id": self.replica_id, "partition_id": self.partition_id, "shard_id": self.shard_id}
+
     def describe(self) -> str:
         if self.role is Role.REPLICA:
             return f"replica {self.replica_id}" + (f" partition {self.partition_id}" if self.partition_id else "")
@@ -87,6 +90,11 @@ class Topology:
     replicas: int
     partitions: int
     coordinator: bool
+    roles: tuple = ()  # every rank's RankRole, in rank order
+    lead_rank: int = 0
+
+    def ranks_of(self, role: Role) -> list[int]:
+        return [i for i, r in enumerate(self.roles) if r.role is role]
 
     @property
     def rank(self) -> int:
@@ -102,17 +110,20 @@ class Topology:
 
     @property
     def is_lead(self) -> bool:
-        return self.rank == 0
+        return self.rank == self.lead_rank
 
     def replica_rank(self, replica: int, partition: int = 0) -> int:
-        return replica * self.partitions + partition
+        for i, r in enumerate(self.roles):
+            if r.role is Role.REPLICA and r.replica_id == replica and r.partition_id == partition:
+                return i
+        raise KeyError(f"no replica {replica} partition {partition}")
 
     def shard_rank(self, shard: int) -> int:
-        return self.replicas * self.partitions + shard
+        return self.shard_ranks[shard]
 
     @property
     def shard_ranks(self) -> list[int]:
-        return [self.shard_rank(k) for k in range(self.shards)]
+        return sorted(self.ranks_of(Role.SHARD), key=lambda i: self.roles[i].shard_id)
 
     def describe(self) -> dict:
         return {"shards": self.shards, "replicas": self.replicas, "partitions": self.partitions,
@@ -126,16 +137,32 @@ class Topology:
         self.comm.Free()
 
 
-def build_topology(comm, shards: int, replicas: int, partitions: int = 1, coordinator: bool = False) -> Topology:
-    """Collective over ``comm``.  Raises :class:`ConfigError` (on every rank alike) if the size is wrong."""
+def lead_of(roles: list[RankRole]) -> int:
+    """The lead: the lowest-numbered rank of the lowest replica's partition 0 (pure)."""
+    replicas = [(r.replica_id, i) for i, r in enumerate(roles) if r.role is Role.REPLICA and not r.partition_id]
+    return min(replicas)[1] if replicas else 0
+
+
+def build_topology(comm, shards: int, replicas: int, partitions: int = 1, coordinator: bool = False,
+                   roles: list[RankRole] | None = None) -> Topology:
+    """Collective over ``comm``.  Raises :class:`ConfigError` (on every rank alike) if the size is wrong.
+
+    ``roles`` (one per rank of ``comm``) overrides :func:`rank_layout`: a job
+    rebuilt on a shrunk communicator keeps each survivor's role.
+    """
     size = comm.Get_size()
-    if size != world_size(shards, replicas, partitions, coordinator):
-        raise ConfigError(size_error(shards, replicas, partitions, coordinator, size))
+    if roles is None:
+        if size != world_size(shards, replicas, partitions, coordinator):
+            raise ConfigError(size_error(shards, replicas, partitions, coordinator, size))
+        roles = rank_layout(shards, replicas, partitions, coordinator)
+    elif len(roles) != size:
+        raise ValueError(f"{len(roles)} roles for {size} ranks")
     dup = comm.Dup()
-    me = rank_layout(shards, replicas, partitions, coordinator)[dup.Get_rank()]
+    me = roles[dup.Get_rank()]
     group = dup.Split(list(Role).index(me.role), dup.Get_rank())
     replica_color = me.replica_id if me.role is Role.REPLICA else -1
     from mpi4py import MPI
 
     rc = dup.Split(replica_color if replica_color >= 0 else MPI.UNDEFINED, dup.Get_rank())
-    return Topology(dup, group, rc if rc != MPI.COMM_NULL else None, me, shards, replicas, partitions, coordinator)
+    return Topology(dup, group, rc if rc != MPI.COMM_NULL else None, me, shards, replicas, partitions, coordinator,
+                    tuple(roles), lead_of(roles))

@@ -84,7 +84,7 @@ def test_one_replica_downpour_is_bit_identical_to_sgd(tmp_path, fashion_mnist_h5
     assert ref.returncode == 0, ref.stderr
     sgd_rd = only_run_dir(tmp_path / "sgd")
     dp_cfg = write_cfg(tmp_path / "dp", fashion_mnist_h5, shards=shards, replicas=1,
-                       extra="[downpour]\noverlap = false\nread_own_writes = true\n")
+                       extra="[comm]\noverlap = false\n[ps]\nread_own_writes = true\n")
     r = run_mpi(1 + shards, ["train", str(dp_cfg), *steps], impl=impl)
     assert r.returncode == 0, r.stderr
     rd = only_run_dir(tmp_path / "dp")
@@ -150,21 +150,22 @@ def test_resume_continues_a_downpour_job(tmp_path, fashion_mnist_h5):
                     extra="[downpour]\nwarmstart_steps = 10\n")
     r = run_mpi(4, ["train", str(cfg), "--set", "train.max_steps=300", "--set", "train.checkpoint_every_steps=100"])
     assert r.returncode == 0, r.stderr
+    assert r.stderr.count("warmstart over after 10 steps") == 1
     rd = only_run_dir(tmp_path)
     first = ckpt_mod.load(rd.latest_checkpoint())
-    pos = first.extra["replica_positions"]  # (epoch, batch, step, examples) per replica
-    assert pos.shape == (2, 4) and (pos[:, 2] > 0).all() and (pos[:, 3] == 32 * pos[:, 2]).all()
-    assert pos[:, 3].sum() == first.loop.examples_seen
+    steps = first.extra["replica_steps"]  # each replica's own step count: its position in its data shard
+    assert steps.shape == (2,) and (steps > 0).all() and first.extra["warmstart_done"][0] == 1
+    assert 32 * steps.sum() == first.loop.examples_seen
     # replicas stop themselves at the limit: the overshoot is a step or two per replica, not hundreds
     assert 300 * 32 <= first.loop.examples_seen <= (300 + 2 * 3) * 32
     r = run_mpi(4, ["train", "--resume", str(rd.path), "--set", "train.max_steps=600"])
     assert r.returncode == 0, r.stderr
-    assert "resuming" in r.stderr
+    assert "resuming" in r.stderr and "warmstart" not in r.stderr  # warmstart is never run again
     s = summary(rd)
     last = ckpt_mod.load(rd.latest_checkpoint())
     assert 600 * 32 <= s["examples_seen"] <= (600 + 2 * 3) * 32 and s["final_test_accuracy"] > 0.7
-    assert (last.extra["replica_positions"][:, 2] > pos[:, 2]).all()  # both replicas went on from where they were
-    assert last.extra["replica_positions"][:, 3].sum() == last.loop.examples_seen
+    assert (last.extra["replica_steps"] > steps).all()  # both replicas went on from where they were
+    assert 32 * last.extra["replica_steps"].sum() == last.loop.examples_seen
     assert sum(rep["examples_this_run"] for rep in s["replicas"]) == s["examples_seen"] - first.loop.examples_seen
 
 
@@ -181,7 +182,7 @@ def test_single_process_algorithm_refuses_mpi_and_vice_versa(tmp_path, fashion_m
 @pytest.mark.parametrize("overlap", [False, True])
 def test_n_fetch_n_push_and_local_steps(tmp_path, fashion_mnist_h5, overlap):
     cfg = write_cfg(tmp_path, fashion_mnist_h5, shards=2, replicas=2,
-                    extra=f"[downpour]\nn_fetch = 3\nn_push = 2\nalpha = 0.01\noverlap = {str(overlap).lower()}\n")
+                    extra=f"[downpour]\nn_fetch = 3\nn_push = 2\nalpha = 0.01\n[comm]\noverlap = {str(overlap).lower()}\n")
     r = run_mpi(4, ["train", str(cfg), "--set", "train.max_steps=400"])
     assert r.returncode == 0, r.stderr
     s = summary(only_run_dir(tmp_path))
@@ -197,7 +198,7 @@ def test_n_fetch_n_push_and_local_steps(tmp_path, fashion_mnist_h5, overlap):
 def test_overlap_makes_a_lone_replica_exactly_one_or_more_updates_stale(tmp_path, fashion_mnist_h5):
     """With the communication thread, step t+1's parameters are fetched before step t's push:
     every push but the first is at least 1 stale, and the shard's histogram must say so."""
-    cfg = write_cfg(tmp_path, fashion_mnist_h5, shards=1, replicas=1, extra="[downpour]\noverlap = true\n")
+    cfg = write_cfg(tmp_path, fashion_mnist_h5, shards=1, replicas=1, extra="[comm]\noverlap = true\n")
     r = run_mpi(2, ["train", str(cfg), "--set", "train.max_steps=60"])
     assert r.returncode == 0, r.stderr
     s = summary(only_run_dir(tmp_path))

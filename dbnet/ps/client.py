@@ -1,22 +1,14 @@
-"""Fetch and push: a replica's (or the lead's) side of the parameter server.
+"""Fetch, push and snapshot: a replica's (or the lead's) side of the parameter server.
 
-Every operation is a passive-target epoch on one shard (``Lock``,
-``Get``/``Put``/``Accumulate``/``Fetch_and_op``, ``Unlock``), so shards never
-take part actively and replicas never synchronize with each other.
+No operation takes a lock (see :mod:`dbnet.ps.layout` for the protocol):
+fetches are ``Get`` + ``Flush``; a push claims a free inbox slot with
+``Compare_and_swap``, puts the gradient and marks the slot full.  The only
+waits are for the *shard* (a free slot; with ``own_writes``, the shard to
+have applied this replica's previous pushes), each bounded by ``timeout``.
 
-* Single control fields are read with ``Fetch_and_op(NO_OP)`` and written
-  with ``Accumulate``, which the MPI standard makes atomic per element (a
-  plain ``Get`` racing an ``Accumulate`` is undefined).  Multi-field reads
-  (a replica's position) take an exclusive lock, so they are never torn.
-* :meth:`PSClient.fetch` returns the shard versions its parameters came
-  from; :meth:`PSClient.push` takes them back, so the shard's staleness count
-  refers to the parameters the gradient was really computed on.
-* Every origin buffer stays alive until its epoch's ``Unlock``.
-
-Consistency: ``fetch(own_writes=True)`` first waits until each shard has
-consumed this replica's previous pushes, so a replica sees its own updates
-(with one replica, Downpour is then exactly SGD); other replicas' updates
-arrive whenever they arrive, as in DistBelief.
+:meth:`PSClient.fetch` returns the shard versions its parameters came from;
+:meth:`PSClient.push` takes them back, so the shard's staleness count refers
+to the parameters the gradient was really computed on.
 """
 
 from __future__ import annotations
@@ -26,168 +18,117 @@ import time
 import numpy as np
 
 from dbnet.mpi import wait_for
-from dbnet.ps.layout import INBOX_DEPTH, Ctrl, ReplicaState, Slot, slot
+from dbnet.ps.layout import Ctrl, SlotField, SlotState
 from dbnet.ps.windows import PSWindows
 
 
 class PSClient:
-    """Replica ``replica``'s handle on every shard.  Not collective; not thread-safe."""
+    """Replica ``replica``'s handle on every shard (the lead uses one too).  Not collective; not thread-safe."""
 
     def __init__(self, windows: PSWindows, replica: int, timeout: float):
-        from mpi4py import MPI
-
-        self.MPI = MPI
         self.w = windows
         self.topo = windows.topo
         self.r = replica
         self.timeout = timeout
-        S = self.topo.shards
         self.ranks = self.topo.shard_ranks
-        self.seq = [0] * S  # pushes sent to each shard
-        self._one = np.zeros(1, np.int64)     # origin of single-field writes
-        self._two = np.zeros(1, np.int64)     # a second one, for two writes in one epoch
-        self._result = np.zeros(1, np.int64)  # result of Fetch_and_op
-        self._pos = np.zeros(4, np.int64)
+        self.seq = [0] * self.topo.shards  # pushes sent to each shard
+        self._hdr = np.zeros(3, np.int64)  # OWNER, SEQ, BASE_VERSION of a push
+        self.snap_id = 0
         self.fetches = self.pushes = 0
         self.fetch_seconds = self.push_seconds = self.wait_seconds = 0.0
         self.bytes_fetched = self.bytes_pushed = 0
 
-    # -- ctrl fields -------------------------------------------------------
-    def _fetch_and_op(self, shard: int, index: int, value: int, op) -> int:
-        win, rank, MPI = self.w.ctrl_win, self.ranks[shard], self.MPI
-        self._one[0] = value
-        win.Lock(rank, MPI.LOCK_SHARED)
-        win.Fetch_and_op([self._one, MPI.INT64_T], [self._result, MPI.INT64_T], rank, index, op=op)
-        win.Unlock(rank)
-        return int(self._result[0])
-
-    def read(self, shard: int, index: int) -> int:
-        """One int64 of shard ``shard``'s ctrl window (atomic)."""
-        return self._fetch_and_op(shard, index, 0, self.MPI.NO_OP)
-
-    def add(self, shard: int, index: int, value: int) -> int:
-        """Atomically add ``value`` to a ctrl field; returns the new value."""
-        return self._fetch_and_op(shard, index, value, self.MPI.SUM) + value
-
-    def read_many(self, shard: int, index: int, count: int) -> np.ndarray:
-        """``count`` consecutive int64 of a ctrl window, read under an exclusive lock (never torn)."""
-        out = np.empty(count, np.int64)
-        win, rank = self.w.ctrl_win, self.ranks[shard]
-        win.Lock(rank, self.MPI.LOCK_EXCLUSIVE)
-        win.Get([out, self.MPI.INT64_T], rank, target=(index, count, self.MPI.INT64_T))
-        win.Unlock(rank)
-        return out
-
-    def write(self, shard: int, index: int, value: int) -> None:
-        """Atomically replace one int64 of shard ``shard``'s ctrl window."""
-        self._fetch_and_op(shard, index, value, self.MPI.REPLACE)
-
-    def write_all_shards(self, index: int, value: int) -> None:
-        for k in range(self.topo.shards):
-            self.write(k, index, value)
-
-    def stop_requested(self) -> bool:
-        return bool(self.read(0, Ctrl.STOP))
-
-    def set_state(self, state: ReplicaState) -> None:
-        self.write(0, slot(self.r, Slot.STATE), int(state))
-
-    def report_position(self, epoch: int, batch: int, step: int, examples: int) -> None:
-        """Store this replica's data position on shard 0 (for checkpoints)."""
-        self._pos[:] = (epoch, batch, step, examples)
-        win, rank = self.w.ctrl_win, self.ranks[0]
-        win.Lock(rank, self.MPI.LOCK_SHARED)
-        win.Accumulate([self._pos, self.MPI.INT64_T], rank, target=(slot(self.r, Slot.EPOCH), 4, self.MPI.INT64_T),
-                       op=self.MPI.REPLACE)
-        win.Unlock(rank)
-
-    def _wait_applied(self, k: int, lag: int = 0) -> None:
-        """Wait until shard ``k`` has consumed all but ``lag`` of this replica's pushes."""
-        if self.seq[k] <= lag:
-            return
-        index = slot(self.r, Slot.APPLIED_SEQ)
-        target = self.seq[k] - lag
-        self.wait_seconds += wait_for(lambda: self.read(k, index) >= target, self.timeout,
-                                      f"shard {k} to apply replica {self.r}'s push {target}")
-
     # -- parameters --------------------------------------------------------
+    def versions(self) -> list[int]:
+        return [self.w.ctrl.read(rank, Ctrl.VERSION) for rank in self.ranks]
+
     def fetch(self, out: np.ndarray, own_writes: bool = True, count: bool = True) -> list[int]:
         """Copy every shard's current parameters into ``out`` (n_params,) float32.
 
-        Returns each shard's version (updates applied) read just before its
-        slice, to pass to :meth:`push` with gradients computed on ``out``.
-        ``count=False`` keeps the fetch out of this replica's statistics (the
-        lead's evaluations).
+        Returns each shard's version read just before its slice.  With
+        ``own_writes`` it first waits until each shard has applied this
+        replica's previous pushes (a lone replica is then exactly SGD).
+        ``count=False`` keeps the fetch out of the statistics (the lead's evaluations).
         """
         t0 = time.perf_counter()
-        MPI = self.MPI
         versions = []
         for k, (L, rank) in enumerate(zip(self.w.layouts, self.ranks)):
-            if own_writes:
+            if own_writes and self.seq[k]:
                 self._wait_applied(k)
-            versions.append(self.read(k, Ctrl.VERSION))
-            self.w.data_win.Lock(rank, MPI.LOCK_SHARED)
-            self.w.data_win.Get([out[L.lo: L.hi], MPI.FLOAT], rank, target=(0, L.n, MPI.FLOAT))
-            self.w.data_win.Unlock(rank)
+            versions.append(self.w.ctrl.read(rank, Ctrl.VERSION))
+            self.w.data.get(rank, 0, out[L.lo: L.hi])
         if count:
             self.fetches += 1
             self.bytes_fetched += out.nbytes
             self.fetch_seconds += time.perf_counter() - t0
         return versions
 
-    def push(self, grad: np.ndarray, examples: int, base: list[int]) -> int:
-        """Send ``grad`` (n_params,) float32, computed on parameters of shard versions ``base``.
+    def _wait_applied(self, k: int) -> None:
+        L, rank, target = self.w.layouts[k], self.ranks[k], self.seq[k]
+        self.wait_seconds += wait_for(lambda: self.w.ctrl.read(rank, L.applied(self.r)) >= target, self.timeout,
+                                      f"shard {k} to apply replica {self.r}'s push {target}")
 
-        Counts ``examples`` on shard 0 and returns the job's new total of
-        examples (all replicas), so a replica can stop itself at a limit.
-        """
+    def _claim(self, k: int) -> int:
+        """A free inbox slot of shard ``k``, claimed for this replica (waits only for the shard to free one)."""
+        L, rank, ctrl = self.w.layouts[k], self.ranks[k], self.w.ctrl
+        first = (self.r + self.seq[k]) % L.slots
+        order = [(first + i) % L.slots for i in range(L.slots)]
+        got: list[int] = []
+
+        def claim() -> bool:
+            for j in order:
+                if ctrl.cas(rank, L.slot_field(j, SlotField.STATE), SlotState.FREE, SlotState.CLAIMED):
+                    got.append(j)
+                    return True
+            return False
+
+        if not claim():
+            self.wait_seconds += wait_for(claim, self.timeout, f"shard {k} to free an inbox slot")
+        return got[0]
+
+    def push(self, grad: np.ndarray, base: list[int]) -> None:
+        """Send ``grad`` (n_params,) float32, computed on parameters of shard versions ``base``."""
         t0 = time.perf_counter()
-        MPI = self.MPI
+        ctrl, data = self.w.ctrl, self.w.data
         for k, (L, rank) in enumerate(zip(self.w.layouts, self.ranks)):
-            self._wait_applied(k, lag=INBOX_DEPTH - 1)  # a free inbox slot
-            push = self.seq[k] + 1
-            self.w.data_win.Lock(rank, MPI.LOCK_SHARED)
-            self.w.data_win.Put([grad[L.lo: L.hi], MPI.FLOAT], rank,
-                                target=(L.inbox_offset(self.r, push), L.n, MPI.FLOAT))
-            self.w.data_win.Unlock(rank)  # the gradient is in place before the slot is marked full
-            win = self.w.ctrl_win
-            self._one[0], self._two[0] = base[k], push
-            win.Lock(rank, MPI.LOCK_SHARED)
-            win.Accumulate([self._one, MPI.INT64_T], rank,
-                           target=(slot(self.r, Slot.BASE_VERSION) + (push - 1) % INBOX_DEPTH, 1, MPI.INT64_T),
-                           op=MPI.REPLACE)
-            win.Flush(rank)  # the base version lands before the sequence number announces the push
-            win.Accumulate([self._two, MPI.INT64_T], rank, target=(slot(self.r, Slot.PUSH_SEQ), 1, MPI.INT64_T),
-                           op=MPI.REPLACE)
-            win.Unlock(rank)
-            self.seq[k] = push
-        total = self.add(0, Ctrl.EXAMPLES, examples)
+            j = self._claim(k)
+            data.put(rank, L.slot_offset(j), grad[L.lo: L.hi])  # the gradient lands before the slot is full
+            self.seq[k] += 1
+            self._hdr[:] = (self.r, self.seq[k], base[k])
+            ctrl.write_many(rank, L.slot_field(j, SlotField.OWNER), self._hdr)
+            ctrl.write(rank, L.slot_field(j, SlotField.STATE), SlotState.FULL)
         self.pushes += 1
         self.bytes_pushed += grad.nbytes
         self.push_seconds += time.perf_counter() - t0
-        return total
 
     def drain(self) -> None:
         """Wait until every shard has consumed this replica's pushes."""
         for k in range(self.topo.shards):
-            self._wait_applied(k)
+            if self.seq[k]:
+                self._wait_applied(k)
 
-    def read_full_state(self, params: np.ndarray, states: dict[str, np.ndarray], state_names) -> list[int]:
-        """Copy every shard's parameters and update-rule state (for checkpoints); returns the shards' versions.
+    # -- checkpoints (the lead) ------------------------------------------------
+    def snapshot(self, params: np.ndarray, states: dict[str, np.ndarray], state_names) -> list[int] | None:
+        """Read every shard's parameters, update-rule state and version, each shard paused while read.
 
-        Each shard's slice, state and version are read in one exclusive epoch, so they agree.
+        Returns the versions, or None if a shard gave up waiting for the read
+        (the copy is then not one consistent state: try again later).
         """
-        MPI = self.MPI
+        ctrl, data = self.w.ctrl, self.w.data
         versions = []
+        ok = True
         for k, (L, rank) in enumerate(zip(self.w.layouts, self.ranks)):
-            self.w.data_win.Lock(rank, MPI.LOCK_EXCLUSIVE)
-            self.w.data_win.Get([params[L.lo: L.hi], MPI.FLOAT], rank, target=(0, L.n, MPI.FLOAT))
+            self.snap_id += 1
+            n = self.snap_id
+            ctrl.write(rank, Ctrl.SNAP_REQ, n)
+            wait_for(lambda: ctrl.read(rank, Ctrl.SNAP_ACK) >= n, self.timeout, f"shard {k} to pause for a checkpoint")
+            data.get(rank, 0, params[L.lo: L.hi])
             for i, name in enumerate(state_names):
-                self.w.data_win.Get([states[name][L.lo: L.hi], MPI.FLOAT], rank,
-                                    target=(L.state_offset(i), L.n, MPI.FLOAT))
-            versions.append(self.read(k, Ctrl.VERSION))
-            self.w.data_win.Unlock(rank)
-        return versions
+                data.get(rank, L.state_offset(i), states[name][L.lo: L.hi])
+            versions.append(ctrl.read(rank, Ctrl.VERSION))
+            ctrl.write(rank, Ctrl.SNAP_DONE, n)
+            ok = ok and ctrl.read(rank, Ctrl.SNAP_BROKEN) != n
+        return versions if ok else None
 
     def stats(self) -> dict:
         return {

@@ -1,16 +1,18 @@
 """A parameter-server shard: applies pushed gradients to its slice with the update rule.
 
-The shard never blocks on a replica.  Its service loop (:meth:`ShardServer.serve_once`,
-called by the algorithm's loop with back-off when idle) scans the push slots,
-applies each pending gradient in chunks of ``apply_chunk`` parameters, and
-calls MPI between chunks.  That matters on MPI libraries whose passive-target
-operations only progress when the target calls MPI (MPICH without an
-asynchronous progress thread): a replica's fetch waits at most one chunk.
+The shard never waits for a replica and holds no lock (see
+:mod:`dbnet.ps.layout` for the protocol).  :meth:`ShardServer.serve_once`,
+called by the runtime's idle loop with back-off, applies every FULL inbox
+slot in chunks of ``apply_chunk`` parameters, with plain stores into its own
+window memory, and calls MPI between chunks: on MPI libraries whose
+passive-target operations progress only when the target calls MPI (MPICH
+without a progress thread) a replica's fetch then waits at most one chunk.
 
-Each chunk is applied under an exclusive lock of the shard's own window, so
-a fetch (a shared-lock ``Get``) sees each chunk either before or after an
-update, never half-written.  Across chunks there is no consistency, as in
-DistBelief ("no locks, no versions").
+Fetches may see a partly applied update ("no locks, no versions", as in
+DistBelief); each float is written whole.  A checkpoint's read is
+consistent: the shard pauses its updates while the lead reads (and only the
+shard pauses; if the lead takes longer than ``snapshot_seconds`` the shard
+goes on and the read is void).
 """
 
 from __future__ import annotations
@@ -21,118 +23,121 @@ import numpy as np
 
 from dbnet.kernels.updates import count_nonfinite
 from dbnet.optim import UpdateRule
-from dbnet.ps.layout import INBOX_DEPTH, Ctrl, Slot, slot
+from dbnet.ps.layout import Ctrl, SlotField, SlotState
 from dbnet.ps.windows import PSWindows
 
 STALENESS_BINS = 65  # staleness 0..63 and ">= 64"
 
 
 class ShardServer:
-    """Shard ``windows.layout``'s side of the parameter server (one per shard rank)."""
+    """This shard's side of the parameter server (one per shard rank).  Not collective."""
 
     def __init__(self, windows: PSWindows, rule: UpdateRule, params: np.ndarray,
-                 state: dict[str, np.ndarray] | None, version: int = 0, apply_chunk: int = 1 << 20):
+                 state: dict[str, np.ndarray] | None, version: int = 0, apply_chunk: int = 1 << 20,
+                 snapshot_seconds: float = 5.0):
         from mpi4py import MPI
 
         self.MPI = MPI
+        self.comm = windows.topo.comm
         self.w = windows
         self.rule = rule
-        L = windows.layout
-        self.n = L.n
-        self.replicas = L.replicas
+        L = self.L = windows.layout
         self.me = windows.topo.rank
         self.apply_chunk = apply_chunk
-        data = windows.data
+        self.snapshot_seconds = snapshot_seconds
+        data = windows.data.local
         self.params = data[: L.n]
         self.state = {name: data[L.state_offset(i): L.state_offset(i) + L.n] for i, name in enumerate(rule.state_names)}
-        self.inbox = [[data[L.inbox_offset(r, p): L.inbox_offset(r, p) + L.n] for p in range(1, INBOX_DEPTH + 1)]
-                      for r in range(L.replicas)]
+        self.inbox = [data[L.slot_offset(j): L.slot_offset(j) + L.n] for j in range(L.slots)]
+        self.ctrl = windows.ctrl.local
         self.version = version
         self.rejected = 0
         self.staleness = np.zeros(STALENESS_BINS, np.int64)
         self.apply_seconds = 0.0
-        self._ctrl = np.empty_like(windows.ctrl)
-        with self._locked(windows.data_win):
-            self.params[:] = params
-            for name, arr in self.state.items():
-                arr[:] = 0 if state is None else state[name]
-        with self._locked(windows.ctrl_win):
-            windows.ctrl[Ctrl.VERSION] = version
+        self.snapshots = self.snapshots_broken = 0
+        self.params[:] = params
+        for name, arr in self.state.items():
+            arr[:] = 0 if state is None else state[name]
+        windows.data.sync()
+        windows.ctrl.write(self.me, Ctrl.VERSION, version)
+        self._states = np.empty(L.slots, np.int64)
+        self._state_idx = np.array([L.slot_field(j, SlotField.STATE) for j in range(L.slots)])
 
-    def _locked(self, win):
-        return _SelfLock(win, self.me, self.MPI.LOCK_EXCLUSIVE)
-
-    def snapshot(self) -> np.ndarray:
-        """A copy of this shard's ctrl window (read under its lock)."""
-        with self._locked(self.w.ctrl_win):
-            self._ctrl[:] = self.w.ctrl
-        return self._ctrl
-
-    def set_ctrl(self, index: int, value: int) -> None:
-        with self._locked(self.w.ctrl_win):
-            self.w.ctrl[index] = value
-
-    def stop_requested(self) -> bool:
-        return bool(self.snapshot()[Ctrl.STOP])
+    def _progress(self) -> None:
+        """Let MPI progress (others' operations on this rank's windows) and publish local stores."""
+        self.w.data.sync()
+        self.comm.Iprobe()
 
     def serve_once(self) -> bool:
-        """Apply every pending push, in order per replica; True if there was any."""
-        ctrl = self.snapshot()
-        did = False
-        for r in range(self.replicas):
-            pushed = int(ctrl[slot(r, Slot.PUSH_SEQ)])
-            applied = int(ctrl[slot(r, Slot.APPLIED_SEQ)])
-            while applied < pushed:
-                applied += 1
-                k = (applied - 1) % INBOX_DEPTH
-                # staleness: updates applied since the replica fetched the parameters it computed on
-                stale = self.version - int(ctrl[slot(r, Slot.BASE_VERSION) + k])
-                self.staleness[min(max(stale, 0), STALENESS_BINS - 1)] += 1
-                t0 = time.perf_counter()
-                self._apply(self.inbox[r][k])
-                self.apply_seconds += time.perf_counter() - t0
-                with self._locked(self.w.ctrl_win):
-                    live = self.w.ctrl
-                    live[slot(r, Slot.APPLIED_SEQ)] = applied
-                    live[Ctrl.VERSION] = self.version
-                    live[Ctrl.REJECTED] = self.rejected
-                did = True
-        return did
+        """Apply every FULL inbox slot (a replica's pushes in order) and answer a snapshot request.
 
-    def _apply(self, g: np.ndarray) -> None:
-        with self._locked(self.w.data_win):
-            bad = count_nonfinite(g)
-        if bad:
+        Returns True if it did anything.
+        """
+        ctrl = self.w.ctrl
+        ctrl.sync()
+        np.take(self.ctrl, self._state_idx, out=self._states)
+        full = np.flatnonzero(self._states == SlotState.FULL)
+        L = self.L
+        if len(full) > 1:
+            full = sorted(full, key=lambda j: (int(self.ctrl[L.slot_field(j, SlotField.SEQ)]), j))
+        for j in full:
+            self._apply_slot(int(j))
+        snap = int(self.ctrl[Ctrl.SNAP_REQ]) > int(self.ctrl[Ctrl.SNAP_ACK])
+        if snap:
+            self._snapshot()
+        return bool(len(full)) or snap
+
+    def _apply_slot(self, j: int) -> None:
+        L, ctrl, me = self.L, self.w.ctrl, self.me
+        owner = ctrl.read(me, L.slot_field(j, SlotField.OWNER))
+        base = ctrl.read(me, L.slot_field(j, SlotField.BASE_VERSION))
+        self.w.data.sync()  # the gradient the replica put is visible to our loads
+        g = self.inbox[j]
+        t0 = time.perf_counter()
+        if count_nonfinite(g):
             self.rejected += 1
-            return
-        step = self.apply_chunk
-        for lo in range(0, self.n, step):
-            hi = min(lo + step, self.n)
-            with self._locked(self.w.data_win):
+            ctrl.write(me, Ctrl.REJECTED, self.rejected)
+        else:
+            stale = self.version - base  # updates applied since the replica fetched the parameters it used
+            self.staleness[min(max(stale, 0), STALENESS_BINS - 1)] += 1
+            for lo in range(0, L.n, self.apply_chunk):
+                hi = min(lo + self.apply_chunk, L.n)
                 self.rule.apply(self.params[lo:hi], g[lo:hi], {k: v[lo:hi] for k, v in self.state.items()})
-        self.version += 1
+                self._progress()
+            self.version += 1
+            ctrl.write(me, Ctrl.VERSION, self.version)
+        self.apply_seconds += time.perf_counter() - t0
+        ctrl.add(me, L.applied(owner), 1)
+        ctrl.write(me, L.slot_field(j, SlotField.STATE), SlotState.FREE)
+
+    def _snapshot(self) -> None:
+        """Pause updates while the lead reads params, state and version (bounded by ``snapshot_seconds``)."""
+        ctrl, me = self.w.ctrl, self.me
+        req = ctrl.read(me, Ctrl.SNAP_REQ)
+        self._progress()
+        ctrl.write(me, Ctrl.SNAP_ACK, req)
+        t0 = time.monotonic()
+        sleep = 20e-6
+        while ctrl.read(me, Ctrl.SNAP_DONE) < req:
+            if time.monotonic() - t0 > self.snapshot_seconds:
+                ctrl.write(me, Ctrl.SNAP_BROKEN, req)  # before any store: the lead's read is void
+                self.snapshots_broken += 1
+                return
+            self.comm.Iprobe()
+            time.sleep(sleep)
+            sleep = min(2 * sleep, 1e-3)
+        self.snapshots += 1
 
     def stats(self) -> dict:
         return {
             "shard": self.w.topo.me.shard_id,
-            "n_params": self.n,
+            "n_params": self.L.n,
+            "inbox_slots": self.L.slots,
+            "window_bytes": self.L.bytes,
             "updates_applied": self.version,
             "pushes_rejected": self.rejected,
             "apply_seconds": self.apply_seconds,
+            "snapshots": self.snapshots,
+            "snapshots_broken": self.snapshots_broken,
             "staleness_histogram": self.staleness.tolist(),
         }
-
-
-class _SelfLock:
-    """``with``-able MPI passive-target lock of this rank's own window."""
-
-    __slots__ = ("win", "rank", "kind")
-
-    def __init__(self, win, rank, kind):
-        self.win, self.rank, self.kind = win, rank, kind
-
-    def __enter__(self):
-        self.win.Lock(self.rank, self.kind)
-
-    def __exit__(self, *exc):
-        self.win.Unlock(self.rank)
