@@ -20,7 +20,12 @@ RESUMABLE_KEYS = ("train.max_steps", "train.max_epochs", "train.max_seconds", "t
 
 
 def resume_config(run_dir: str | Path, overrides: list[str]) -> tuple[Config, RunDir, ckpt_mod.Checkpoint]:
-    """The config, run directory and latest checkpoint of a run to resume."""
+    """The config, run directory and newest readable checkpoint of a run to resume.
+
+    Checkpoints that do not load (corrupt, truncated) are skipped with a
+    warning on stderr (see :meth:`RunDir.load_latest_checkpoint`); ``ck.path``
+    is the file used.  Stale temporaries of killed writes are removed.
+    """
     rd = RunDir.open_existing(run_dir)
     for item in overrides:
         key = item.partition("=")[0].strip()
@@ -28,7 +33,7 @@ def resume_config(run_dir: str | Path, overrides: list[str]) -> tuple[Config, Ru
             raise ConfigError(f"--set {key}: cannot be changed when resuming; allowed: {', '.join(RESUMABLE_KEYS)}")
     doc = config_mod.tomllib.loads(rd.config_path.read_text(encoding="utf-8"))
     cfg = config_mod.from_dict(config_mod.apply_overrides(doc, overrides), source=str(rd.config_path))
-    ck = ckpt_mod.load(rd.latest_checkpoint(), state_names=UpdateRule(cfg.optimizer).state_names)
+    ck = rd.load_latest_checkpoint(state_names=UpdateRule(cfg.optimizer).state_names)
     if config_mod.from_toml_text(ck.config_toml).model != cfg.model:
         raise ConfigError(f"{rd.path}: the checkpoint's [model] differs from config.toml; refusing to resume")
     if overrides:

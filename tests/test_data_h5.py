@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import shutil
+import zlib
 
 import h5py
 import numpy as np
-
-from dbnet.data.h5 import import_permutation
 import pytest
 
-from dbnet.data import H5Dataset, write_dataset
+from dbnet.data import H5Dataset, ensure_dataset, write_dataset
+from dbnet.data import h5 as h5_mod
+from dbnet.data.h5 import import_permutation, write_checksums
 from dbnet.data.commands import register
 from dbnet.errors import DataError
 from dbnet.partition import balanced_range
@@ -54,7 +56,7 @@ def ids_h5(tmp_path):
 
 def test_layout(ids_h5):
     with h5py.File(ids_h5) as f:
-        assert f.attrs["format"] == "dbnet-dataset" and f.attrs["format_version"] == 2
+        assert f.attrs["format"] == "dbnet-dataset" and f.attrs["format_version"] == 3
         assert f["train/x"].shape == (N_TRAIN, 12) and f["train/x"].dtype == np.uint8 and f["train/x"].chunks
         assert f["train/y"].dtype == np.uint8
         train_ids, test_ids = ids_of(f["train/x"][...]), ids_of(f["test/x"][...])
@@ -210,8 +212,10 @@ def test_bad_arguments(ids_h5):
 
 
 def _edit(path, fn):
+    """Apply ``fn`` to the open file, then re-stamp the checksums so that only ``fn``'s problem remains."""
     with h5py.File(path, "r+") as f:
         fn(f)
+        write_checksums(f)
     return path
 
 
@@ -251,7 +255,7 @@ BAD_FILES = {
         lambda f: f.attrs.__setitem__("format", "something-else"),
         r"format attribute is 'something-else', expected 'dbnet-dataset'",
     ),
-    "wrong version": (lambda f: f.attrs.__setitem__("format_version", 1), r"format_version is 1, this dbnet reads 2"),
+    "wrong version": (lambda f: f.attrs.__setitem__("format_version", 1), r"format_version is 1, this dbnet reads 3"),
     "missing attr": (lambda f: f.attrs.__delitem__("x_scale"), r"missing root attribute 'x_scale'"),
 }
 
@@ -281,6 +285,121 @@ def test_write_dataset_is_atomic_and_checks_inputs(tmp_path):
     with pytest.raises(ValueError, match=r"test x has shape \(4, 3\), expected \(N, 2\)"):
         write_dataset(tmp_path / "o.h5", train=good, test=(np.zeros((4, 3)), good[1]), **args)
     assert list(tmp_path.iterdir()) == []
+
+
+# -- checksums ------------------------------------------------------------------------------
+
+
+def _flip_byte(path, dataset, at=100):
+    """Flip one byte ``at`` bytes into the first chunk of ``dataset``, behind HDF5's back."""
+    with h5py.File(path, "r") as f:
+        offset = f[dataset].id.get_chunk_info(0).byte_offset  # chunked: get_offset() is None
+    with open(path, "r+b") as raw:
+        raw.seek(offset + at)
+        byte = raw.read(1)[0]
+        raw.seek(offset + at)
+        raw.write(bytes([byte ^ 0xFF]))
+
+
+def _all_arrays(f):
+    names = []
+    f.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None)
+    return names
+
+
+def test_every_array_carries_the_crc32_of_its_bytes(tmp_path):
+    path = make_ids_dataset(tmp_path / "m.h5", meta={"mean": np.arange(5, dtype=np.float32), "k": np.int64(3)})
+    with h5py.File(path) as f:
+        names = _all_arrays(f)
+        assert sorted(names) == ["meta/k", "meta/mean", "test/x", "test/y", "train/x", "train/y"]
+        for name in names:  # an independent reference: crc32 of the whole array's little-endian bytes
+            a = f[name][()]
+            assert f[name].attrs["crc32"] == zlib.crc32(np.asarray(a, a.dtype.newbyteorder("<")).tobytes()), name
+
+
+def test_checksum_blocks_do_not_change_the_checksum(ids_h5, monkeypatch):
+    with h5py.File(ids_h5) as f:
+        whole = h5_mod.array_crc32(f["train/x"])
+        monkeypatch.setattr(h5_mod, "_CHECK_BLOCK_BYTES", 12 * 7)  # 7 rows: blocks straddle nothing, tail of 6
+        assert h5_mod.array_crc32(f["train/x"]) == whole == f["train/x"].attrs["crc32"]
+
+
+@pytest.mark.parametrize("array", ["train/x", "train/y"])
+def test_corrupt_byte_is_a_data_error_naming_file_and_array(ids_h5, array):
+    _flip_byte(ids_h5, array, at=5)
+    with pytest.raises(DataError) as e:
+        H5Dataset(ids_h5, "train")
+    assert str(e.value) == f"{ids_h5}: /{array}: checksum mismatch (corrupt file)"
+    H5Dataset(ids_h5, "test").close()  # only the opened split's arrays are verified
+
+
+def test_corrupt_meta_array(tmp_path):
+    path = make_ids_dataset(tmp_path / "m.h5", meta={"mean": np.arange(5, dtype=np.float32)})
+    with h5py.File(path, "r+") as f:
+        f["meta/mean"][2] = 7
+    for split in ("train", "test"):
+        with pytest.raises(DataError, match=r"/meta/mean: checksum mismatch \(corrupt file\)"):
+            H5Dataset(path, split)
+
+
+def test_missing_checksum(ids_h5):
+    with h5py.File(ids_h5, "r+") as f:
+        del f["test/y"].attrs["crc32"]
+    with pytest.raises(DataError, match=r"/test/y has no crc32 attribute: re-import"):
+        H5Dataset(ids_h5, "test")
+
+
+def test_a_split_is_verified_once_per_process(tmp_path, monkeypatch):
+    path = make_ids_dataset(tmp_path / "once.h5")
+    read = []
+    real = h5_mod.array_crc32
+    monkeypatch.setattr(h5_mod, "array_crc32", lambda ds: read.append(ds.name) or real(ds))
+    for _ in range(3):
+        H5Dataset(path, "train", shard=1, n_shards=2).close()
+    assert read == ["/train/x", "/train/y"]
+    make_ids_dataset(path)  # a new file at the same path (atomic rename: a new inode) is verified again
+    read.clear()
+    H5Dataset(path, "train").close()
+    assert read == ["/train/x", "/train/y"]
+
+
+def test_real_fashion_mnist_corrupt_copy_is_a_data_error(fashion_mnist_h5, tmp_path):
+    copy = tmp_path / "fashion-mnist.h5"
+    shutil.copy(fashion_mnist_h5, copy)  # never touch the session's file
+    _flip_byte(copy, "train/x", at=784 * 3 + 400)
+    with pytest.raises(DataError) as e:
+        H5Dataset(copy, "train")
+    assert str(e.value) == f"{copy}: /train/x: checksum mismatch (corrupt file)"
+    with H5Dataset(copy, "test") as ds:
+        assert ds.n_examples == 10000
+
+
+def test_corrupt_cache_is_reimported_with_a_warning(fashion_mnist_h5, isolated_cache, capsys):
+    isolated_cache.mkdir()
+    cached = isolated_cache / "fashion-mnist.h5"
+    shutil.copy(fashion_mnist_h5, cached)
+    assert ensure_dataset("fashion-mnist") == cached and capsys.readouterr().err == ""  # sound: used as is
+    _flip_byte(cached, "train/x", at=784 * 3 + 400)
+    assert ensure_dataset("fashion-mnist") == cached
+    err = capsys.readouterr().err
+    assert err == f"dbnet: warning: {cached}: /train/x: checksum mismatch (corrupt file), re-importing\n"
+    with H5Dataset(cached, "train") as ds, h5py.File(fashion_mnist_h5) as good, h5py.File(cached) as f:
+        assert ds.n_examples == 60000
+        np.testing.assert_array_equal(f["train/x"][:8], good["train/x"][:8])
+    assert [p.name for p in isolated_cache.iterdir()] == ["fashion-mnist.h5"]  # no temporaries left
+
+
+def test_unreadable_cache_is_reimported_with_a_warning(tmp_path, isolated_cache, monkeypatch, capsys):
+    from dbnet.data import paths
+
+    isolated_cache.mkdir()
+    (isolated_cache / "fashion-mnist.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(100))  # truncated
+    calls = []
+    monkeypatch.setattr(paths, "find_source", lambda name: "src")
+    monkeypatch.setattr(paths, "import_dataset", lambda *a, **kw: calls.append(a))
+    ensure_dataset("fashion-mnist")
+    assert calls == [("fashion-mnist", "src", isolated_cache / "fashion-mnist.h5")]
+    assert capsys.readouterr().err.endswith("fashion-mnist.h5: not a readable HDF5 file, re-importing\n")
 
 
 # -- the real data ------------------------------------------------------------------------

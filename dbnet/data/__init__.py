@@ -6,6 +6,9 @@ Typical use::
     with H5Dataset(path, "train", shard=k, n_shards=n) as ds:
         for x, y in ds.batches(128, seed=0, epoch=e):   # x (128, 784) float32, y (128,) int32
             ...
+
+Every stored array carries a crc32 checksum, verified when a split is opened
+(once per process); a corrupt cache file is re-imported by ``ensure_dataset``.
 """
 
 from dbnet.data.download import download

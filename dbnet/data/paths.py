@@ -10,10 +10,11 @@ directory (``$DBNET_CACHE``, else ``~/.cache/dbnet``).
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import dbnet
-from dbnet.data.h5 import FORMAT_VERSION
+from dbnet.data.h5 import FORMAT_VERSION, SPLITS, H5Dataset
 from dbnet.errors import DataError
 
 DATASETS = ("fashion-mnist", "mnist", "fsdd")
@@ -108,16 +109,45 @@ def import_dataset(
 
 
 def ensure_dataset(name: str, *, segments: int | None = None) -> Path:
-    """The imported HDF5 file of ``name`` in the cache, importing it from :func:`find_source` if absent.
+    """The imported HDF5 file of ``name`` in the cache, importing it from :func:`find_source` if needed.
 
-    Safe when several processes call it at once: each imports to a temporary
-    file and renames it; the import is deterministic, so whichever rename wins
-    gives the same file, and a process that finds the final file uses it.
+    A cached file is imported again when it is absent or of an older
+    ``format_version`` (silently), and when it is unreadable, fails
+    validation or a checksum (with one line on stderr: ``dbnet: warning:
+    <file>: /train/x: checksum mismatch (corrupt file), re-importing``).  The
+    check verifies both splits (see :func:`dbnet.data.h5.verify_arrays`), so a
+    later :class:`~dbnet.data.H5Dataset` of the file in this process does not
+    read it again.
+
+    Safe when several processes call it at once: the check is read-only, each
+    import goes to a temporary file renamed over the cache path; the import
+    is deterministic, so whichever rename wins gives the same file, and a
+    process that finds a sound final file uses it.
     """
     out = dataset_path(name, segments=segments)
-    if not out.is_file() or _cached_version(out) != FORMAT_VERSION:
+    problem = _cache_problem(out)
+    if problem is not None:
+        if problem:
+            print(f"dbnet: warning: {problem}, re-importing", file=sys.stderr, flush=True)
         import_dataset(name, find_source(name), out, segments=segments)
     return out
+
+
+def _cache_problem(path: Path) -> str | None:
+    """None if ``path`` is a sound import of this format; "" if absent or older; else what is wrong with it."""
+    if not path.is_file():
+        return ""
+    version = _cached_version(path)
+    if version is None:
+        return f"{path}: not a readable HDF5 file"
+    if version != FORMAT_VERSION:
+        return ""
+    try:
+        for split in SPLITS:
+            H5Dataset(path, split).close()
+    except DataError as e:
+        return str(e)
+    return None
 
 
 def _cached_version(path: Path) -> int | None:
