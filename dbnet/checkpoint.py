@@ -184,6 +184,19 @@ def _read(f: h5py.File, path: Path, n_params: int | None, state_names: tuple[str
     return Checkpoint(params, optimizer, loop, config_toml, metrics, extra)
 
 
+def read_slice(path: str | Path, lo: int, hi: int, state_names) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """``params[lo:hi]`` and each optimizer state's ``[lo:hi]`` (a parameter-server shard's part).
+
+    Not verified here: the whole file is verified by :func:`load` on the rank
+    that chose it (rank 0 at start-up) before the shards read their slices.
+    """
+    try:
+        with h5py.File(path, "r") as f:
+            return f["params"][lo:hi], {name: f["optimizer"][name][lo:hi] for name in state_names}
+    except (OSError, KeyError) as e:
+        raise CheckpointError(f"{path}: cannot read parameters [{lo}:{hi}] ({e})") from None
+
+
 def list_checkpoints(directory: str | Path) -> list[Path]:
     """Checkpoint files in ``directory``, oldest step first."""
     d = Path(directory)

@@ -16,7 +16,8 @@ from dbnet.rundir import RunDir
 #: Keys that ``--set`` may change when resuming: limits and schedules, never the model, data or rule.
 RESUMABLE_KEYS = ("train.max_steps", "train.max_epochs", "train.max_seconds", "train.target_accuracy",
                   "train.eval_every_steps", "train.eval_every_seconds", "train.eval_examples",
-                  "train.checkpoint_every_steps", "train.checkpoint_every_seconds", "train.keep_checkpoints")
+                  "train.checkpoint_every_steps", "train.checkpoint_every_seconds", "train.keep_checkpoints",
+                  "topology.shards", "topology.replicas")  # distributed: re-sliced / re-spread on resume
 
 
 def resume_config(run_dir: str | Path, overrides: list[str]) -> tuple[Config, RunDir, ckpt_mod.Checkpoint]:

@@ -7,7 +7,7 @@ import gzip
 import h5py
 import numpy as np
 
-from dbnet.data.h5 import import_permutation
+from dbnet.data.h5 import FORMAT_VERSION, import_permutation
 import pytest
 
 from dbnet.data import H5Dataset, import_idx_dataset, read_idx, write_idx
@@ -146,7 +146,7 @@ def test_import_wrong_dtype(tmp_path):
 
 def test_real_fashion_mnist(fashion_mnist_h5, shared_datasets):
     with h5py.File(fashion_mnist_h5) as f:
-        assert f.attrs["format"] == "dbnet-dataset" and f.attrs["format_version"] == 2
+        assert f.attrs["format"] == "dbnet-dataset" and f.attrs["format_version"] == FORMAT_VERSION
         assert f.attrs["name"] == "fashion-mnist" and f.attrs["n_classes"] == 10
         assert list(f.attrs["input_shape"]) == [28, 28]
         assert f.attrs["x_scale"] == np.float32(1 / 255) and f.attrs["x_offset"] == 0

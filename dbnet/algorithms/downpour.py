@@ -206,6 +206,7 @@ def _summarize(job, lead: dict, all_stats: list[dict]) -> dict:
         "pushes_rejected": sum(s["pushes_rejected"] for s in shards),
         "replicas": replicas,
         "shards": shards,
+        "replica_steps_timeline": lead["timeline"],  # [wall seconds, replica 0's step, ...] at each evaluation
     }
     return make_summary(cfg, job.rd, lead["metrics"], loop, lead["reason"], job.spec, algorithm="downpour",
                         dataset=cfg.data.path or cfg.data.dataset, n_train=lead["n_train"], extra=extra)

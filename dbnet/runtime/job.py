@@ -52,10 +52,9 @@ class Resume:
 
     def params_slice(self, lo: int, hi: int, state_names) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Parameters and optimizer state ``[lo, hi)`` from the checkpoint (read by each shard)."""
-        import h5py  # TODO: move into dbnet.checkpoint once its checksummed format lands
+        from dbnet.checkpoint import read_slice
 
-        with h5py.File(self.path, "r") as f:
-            return f["params"][lo:hi], {name: f["optimizer"][name][lo:hi] for name in state_names}
+        return read_slice(self.path, lo, hi, state_names)
 
 
 @dataclass

@@ -75,6 +75,7 @@ class Lead:
         self.warm = warmstart
         self.started = job.resume.warmstart_done or not any(warmstart)
         self.silent: dict[int, float] = {}
+        self.timeline: list[list] = []  # [wall seconds, each replica's step] at every evaluation
         self._beats: dict[int, tuple[int, float]] = {}
         self._last_watch = 0.0
         self.progress.total = self.limits.max_steps
@@ -109,6 +110,7 @@ class Lead:
         step = examples // tc.batch_size
         self.metrics.append(wall_seconds=self.wall(), examples=examples, step=step, train_loss=train_loss,
                             test_loss=test_loss, test_accuracy=acc)
+        self.timeline.append([round(self.wall(), 3)] + [self.call(self.ctl.step_of, r) for r in self.replica_ranks])
         self.progress.log(f"examples {examples:9d}  epoch {examples / self.n_train:6.2f}  {self.wall():7.1f} s  "
                           f"train loss {train_loss:7.4f}  test loss {test_loss:.4f}  test acc {100 * acc:.2f}%")
         self.evals.reset(step)
@@ -218,4 +220,5 @@ class Lead:
         self.progress.close()
         self.test.close()
         return {"reason": self.reason, "metrics": self.metrics, "examples": examples, "wall": self.wall(),
+                "timeline": self.timeline,
                 "train_wall": self.train_wall or self.wall(), "n_train": self.n_train}
