@@ -44,10 +44,13 @@ def mpiexec_for(impl: str) -> tuple[list[str], dict]:
     raise ValueError(impl)
 
 
-def run_mpi(n: int, args: list[str], impl: str = "openmpi", timeout: float = 180, cwd=None) -> subprocess.CompletedProcess:
-    """``mpiexec -n n python -m dbnet ARGS`` with a hard timeout (a hang fails the test, never blocks CI)."""
+def run_mpi(n: int, args: list[str], impl: str = "openmpi", timeout: float = 180, cwd=None,
+            script: str | None = None) -> subprocess.CompletedProcess:
+    """``mpiexec -n n python -m dbnet ARGS`` (or ``python SCRIPT ARGS``) with a hard timeout
+    (a hang fails the test, never blocks CI)."""
     cmd, env = mpiexec_for(impl)
-    full = [*cmd, "-n", str(n), sys.executable, "-m", "dbnet", *args]
+    prog = [script] if script else ["-m", "dbnet"]
+    full = [*cmd, "-n", str(n), sys.executable, *prog, *args]
     proc = subprocess.Popen(full, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd,
                             start_new_session=True)
     try:

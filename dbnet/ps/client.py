@@ -33,7 +33,6 @@ class PSClient:
         self.ranks = self.topo.shard_ranks
         self.seq = [0] * self.topo.shards  # pushes sent to each shard
         self._hdr = np.zeros(3, np.int64)  # OWNER, SEQ, BASE_VERSION of a push
-        self.snap_id = 0
         self.fetches = self.pushes = 0
         self.fetch_seconds = self.push_seconds = self.wait_seconds = 0.0
         self.bytes_fetched = self.bytes_pushed = 0
@@ -118,8 +117,7 @@ class PSClient:
         versions = []
         ok = True
         for k, (L, rank) in enumerate(zip(self.w.layouts, self.ranks)):
-            self.snap_id += 1
-            n = self.snap_id
+            n = ctrl.read(rank, Ctrl.SNAP_REQ) + 1  # the lead is the only writer
             ctrl.write(rank, Ctrl.SNAP_REQ, n)
             wait_for(lambda: ctrl.read(rank, Ctrl.SNAP_ACK) >= n, self.timeout, f"shard {k} to pause for a checkpoint")
             data.get(rank, 0, params[L.lo: L.hi])
