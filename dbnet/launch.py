@@ -166,8 +166,8 @@ class _Job:
                 self.seen.update(descendants(self.proc.pid))
                 self._next_scan = now + 0.5
             if now >= self.deadline and not self.killed:
-                print(f"dbnet launch: mpiexec still running {'after a second signal' if self.deadline == 0.0 else f'{self.grace:g} s after the signal'}: "
-                      f"killing its process group", file=sys.stderr, flush=True)
+                why = "after a second signal" if self.deadline == 0.0 else f"{self.grace:g} s after the signal"
+                print(f"dbnet launch: mpiexec still running {why}: killing its process group", file=sys.stderr, flush=True)
                 self.kill()
         if self.terminating is not None:
             self.kill_leftovers()
