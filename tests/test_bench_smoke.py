@@ -21,8 +21,8 @@ def check_rows(rows: list[dict]) -> None:
             assert "torch not installed" in r["note"]
         else:
             assert r["value"] > 0 and math.isfinite(r["value"]), r
-        if "target" in r:
-            assert isinstance(r["pass"], bool)
+        if "target" in r and r["value"] is not None and r["target"].startswith(">= "):
+            assert r["pass"] == (r["value"] >= float(r["target"][3:])), r  # the verdict matches the number
 
 
 def test_train_quick():
@@ -30,10 +30,12 @@ def test_train_quick():
     check_rows(rows)
     names = " ".join(r["name"] for r in rows)
     assert "dbnet batch 8" in names and "FLOP rate" in names
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        return
+
+
+def test_train_quick_against_torch():
+    pytest.importorskip("torch", reason="torch is a benchmark-only dependency (make bench installs it)")
+    rows = BENCHMARKS["train"]([8], 1, quick=True)
+    names = " ".join(r["name"] for r in rows)
     assert "torch batch 8" in names and "dbnet/torch" in names and "peak RSS batch 8: torch" in names
 
 

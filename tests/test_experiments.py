@@ -1,5 +1,7 @@
 """Every experiment config runs: a few steps of each, as its header's command would run it."""
 
+import json
+import math
 from pathlib import Path
 
 import pytest
@@ -29,15 +31,24 @@ def test_experiment_runs_a_few_steps(path, tmp_path, cache, monkeypatch):
     overrides = SHORT + [f"run.out_dir={tmp_path / 'runs'}"]
     cfg = config_mod.load(path, overrides)
     if cfg.distributed:
-        n = cfg.topology.shards + cfg.topology.replicas * cfg.topology.partitions
-        r = run_mpi(n, ["train", str(path), *[a for o in overrides + ["downpour.warmstart_steps=2"] for a in ("--set", o)]],
+        from dbnet.algorithms import world_size
+
+        r = run_mpi(world_size(cfg), ["train", str(path), *[a for o in overrides + ["downpour.warmstart_steps=2"] for a in ("--set", o)]],
                     timeout=240)
         assert r.returncode == 0, r.stderr
     else:
         from dbnet.progress import Progress
         from dbnet.train import train
 
-        s = train(cfg, progress=Progress(None, enabled=False, stream=open("/dev/null", "w")))
-        assert s["steps"] == 4
+        train(cfg, progress=Progress(None, enabled=False, stream=open("/dev/null", "w")))
     (run_dir,) = (tmp_path / "runs").iterdir()
-    assert (run_dir / "summary.json").is_file() and (run_dir / "curves.png").is_file()
+    assert (run_dir / "curves.png").is_file()
+    s = json.loads((run_dir / "summary.json").read_text())
+    B = cfg.train.batch_size
+    assert s["algorithm"] == cfg.train.algorithm and s["stopped_because"] == "reached 4 steps"
+    if cfg.distributed:  # replicas stop themselves at the job's limit: a step or two of overshoot each
+        assert 4 * B <= s["examples_seen"] <= (4 + 2 * cfg.topology.replicas) * B and s["lost_replicas"] == []
+    else:
+        assert s["steps"] == 4 and s["examples_seen"] == 4 * B
+    assert 0 <= s["final_test_accuracy"] <= 1 and s["best_test_accuracy"] >= s["final_test_accuracy"]
+    assert math.isfinite(s["final_test_loss"]) and s["examples_per_second"] > 0

@@ -6,7 +6,7 @@
   replica's own process (bytes copied per second; a fetch or push byte counts
   once, as a copied byte does).  Also the shard's update rate in params/s.
 * ``downpour``: Downpour aggregate examples/s with R = 1..3 replicas (1
-  shard), with and without the communication thread (``downpour.overlap``),
+  shard), with and without the communication thread (``comm.overlap``),
   against single-process SGD on the same cores, on FSDD frames with the
   speech model's hidden layers, and the share of the training thread's time
   spent waiting on communication.
@@ -116,7 +116,7 @@ checkpoint_every_seconds = 0
 [topology]
 shards = 1
 replicas = {replicas}
-[downpour]
+[comm]
 overlap = {str(overlap).lower()}
 """)
     return p

@@ -23,7 +23,6 @@ from dbnet import mpi
 from dbnet.config import OptimizerConfig
 from dbnet.optim import UpdateRule
 from dbnet.ps import PSClient, PSWindows, ShardServer
-from dbnet.ps.layout import Ctrl
 from dbnet.threads import per_rank, set_threads
 from dbnet.topology import Role, build_topology
 
@@ -48,19 +47,14 @@ def main(n_params: int, seconds: float, shards: int, rule_name: str = "adagrad")
     topo = build_topology(world, shards, replicas)
     set_threads(per_rank(topo.comm))
     rule = UpdateRule(OptimizerConfig(rule=rule_name, lr=1e-3))
-    windows = PSWindows(topo, n_params, len(rule.state_names))
+    windows = PSWindows(topo, n_params, len(rule.state_names), slots=4)
     out = {}
     if topo.role is Role.SHARD:
         L = windows.layout
         server = ShardServer(windows, rule, np.zeros(L.n, np.float32), None)
         mpi.barrier(topo.comm, 300, "start")
-        deadline = time.monotonic() + seconds + 120
-        while not server.stop_requested():
-            if not server.serve_once():
-                time.sleep(50e-6)
-            if time.monotonic() > deadline:
-                raise mpi.WaitTimeout("ps benchmark: the replicas never asked the shard to stop")
-        mpi.barrier(topo.comm, 300, "the replicas to finish", idle=server.serve_once)
+        # serve until every replica has finished its rounds and drained (the barrier completes)
+        mpi.barrier(topo.comm, seconds + 300, "the replicas to finish", idle=server.serve_once)
         out = {"role": "shard", "updates": server.version, "apply_seconds": server.apply_seconds, "n": L.n}
     else:
         client = PSClient(windows, topo.me.replica_id, timeout=120)
@@ -72,18 +66,14 @@ def main(n_params: int, seconds: float, shards: int, rule_name: str = "adagrad")
         rounds = 0
         while time.perf_counter() - t0 < seconds:
             base = client.fetch(w, own_writes=False)
-            client.push(g, 0, base)
+            client.push(g, base)
             rounds += 1
         dt = time.perf_counter() - t0
         client.drain()
         out = {"role": "replica", "rounds": rounds, "seconds": dt, "copy_bytes_per_s": rate,
                "bytes_per_s": (client.bytes_fetched + client.bytes_pushed) / dt,
                "fetch_s": client.fetch_seconds, "push_s": client.push_seconds, "wait_s": client.wait_seconds}
-        # every replica done: replica 0 stops the shards (after the others finished their rounds)
-        mpi.barrier(topo.group, 300, "every replica's last round")
-        if topo.me.replica_id == 0:
-            client.write_all_shards(Ctrl.STOP, 1)
-        mpi.barrier(topo.comm, 300, "the shards to finish")
+        mpi.barrier(topo.comm, 300, "the replicas to finish")
     stats = topo.comm.gather(out, root=0)
     windows.free()
     if topo.rank == 0:
