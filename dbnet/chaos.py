@@ -4,9 +4,11 @@ Each run starts ``dbnet launch CONFIG`` (Open MPI or MPICH) with its own
 ``run.out_dir``, limited by time only (``train.max_seconds = --seconds``;
 max_steps, max_epochs and target_accuracy are switched off), with
 checkpoints every ``--checkpoint-every`` seconds and an evaluation line
-every second.  Training has *started* when the run directory has
-``ranks.json`` (or, from a runtime that does not write it yet, at the first
-``examples N`` progress line).  One fault, drawn from ``--kinds``:
+every second.  Training has *started* at the first ``examples N`` progress
+line with N > 0 (after the ``warmstart over`` line when the config has a
+warmstart): ``ranks.json`` comes earlier, before the lead's own start-up
+(JIT, test set, first evaluation) and the warmstart, which a fault 1-6 s
+after it could still hit.  One fault, drawn from ``--kinds``:
 
 ``kill``
     SIGKILL of a random rank (replica, shard or the lead), 1-6 s after the
@@ -21,9 +23,12 @@ every second.  Training has *started* when the run directory has
     (an unhandled error on a random rank, at ``faults.crash_at_step`` when
     the runtime has that key, else right after start-up; the job is expected
     to die with one line, and is resumed).  The step is drawn from
-    ``--raise-steps`` (100-3000: 1-6 s of a small model on two cores; a
-    larger model needs smaller steps, or the fault may not fire).  Its fault time is when its
-    message first appears in the job's output.
+    ``--raise-steps`` (default 100-3000: a few seconds of a replica of a
+    small model on two cores; a step the job never reaches is reported as
+    "did not fire").  Its fault time is when its message first appears in
+    the job's output (``fail_replica`` on a replica other than the lead's
+    says nothing until the end: it is found in ``summary.json``, with no
+    fault time).
 
 Which rank: ``ranks.json`` (one object per rank: ``rank``, ``role``, ids,
 ``host``, ``pid``, ``lead``), else the ``dbnet train`` processes under
@@ -40,17 +45,21 @@ What each run records (``chaos.json``; ``chaos.md`` has the table):
 - ``orphans``: processes seen under launch (mpiexec's descendants, the pids
   of ``ranks.json``) still alive 5 s after launch (and so mpiexec) exited;
   they are killed afterwards.
-- for a SIGSTOP: ``rate_before_stop`` and ``rate_during_stop``, the job's
-  examples/s from its progress lines (timed as the harness reads them)
-  between training start and the stop, and while the rank is stopped; the
-  table shows during / before ("rate in stop").  A stopped shard stalls
-  the replicas by design; a stopped replica should not.
+- for a SIGSTOP: ``rate_before_stop``, the job's examples/s between the
+  progress lines from training start to the stop; ``rate_during_stop``,
+  from the last progress line before the stop to the first one printed 1 s
+  or more after SIGCONT (so a little normal training either side), both
+  over the lead's wall seconds printed in those lines; and
+  ``evals_during_stop``.  The table shows during / before ("rate in stop").
+  A stopped shard stalls the replicas by design; a stopped replica should
+  not, and a stopped lead cannot evaluate.
 - for a job that died: the newest checkpoint (``examples_seen``, step, age),
   ``examples_lost`` = the examples of the last ``examples N`` progress line
   before the fault minus the checkpoint's ``examples_seen`` (at least 0),
   ``seconds_lost`` = fault time - the checkpoint file's mtime, and
   ``resume``: ``dbnet launch --resume RUN_DIR`` with ``train.max_steps`` =
-  the checkpoint's step + ``--resume-steps`` (faults off), its exit status,
+  the checkpoint's step + ``--resume-steps`` (and, after a ``raise``,
+  ``--set faults.<flavour>=-1`` so it does not fire again), its exit status,
   hang, orphans, and ``finished`` (exit 0 and a new ``summary.json``).  A job
   that died with no checkpoint counts as a failed resume.
 
@@ -82,7 +91,8 @@ from dbnet.launch import _die_with_parent, descendants, start_time
 KINDS = ("kill", "stop", "raise")
 ORPHAN_WAIT = 5.0  # seconds after launch exits before a process still alive is an orphan
 START_LIMIT = 120.0  # seconds for a job to start training before it counts as hung
-_EXAMPLES = re.compile(r"^examples\s+(\d+)", re.M)
+_EXAMPLES = re.compile(r"^examples\s+(\d+)(?:\s+epoch\s+\S+\s+([\d.]+) s)?")
+_WARM_OVER = re.compile(r"warmstart over")
 _RAISED = re.compile(r"injected|failed at step|unhandled error|Traceback")
 
 
@@ -185,17 +195,41 @@ class Job:
             if self.out_dir.is_dir() else []
         return max(found, key=lambda d: d.stat().st_mtime) if found else None
 
+    def points(self) -> list[tuple[float, int, float]]:
+        """The progress lines so far: (seconds since launch, examples, the lead's wall seconds from the line)."""
+        pts = []
+        for t, line in self.lines:
+            if m := _EXAMPLES.match(line):
+                pts.append((t, int(m.group(1)), float(m.group(2)) if m.group(2) else t))
+        return pts
+
     def examples_before(self, t: float) -> int | None:
         """The examples count of the last progress line printed at or before ``t``."""
-        found = [int(m.group(1)) for tl, line in self.lines if tl <= t and (m := _EXAMPLES.match(line))]
+        found = [ex for tl, ex, _ in self.points() if tl <= t]
         return found[-1] if found else None
 
-    def rate(self, a: float, b: float) -> float | None:
-        """Examples per second between the first progress line at or after ``a`` and the last at or before ``b``."""
-        pts = [(tl, int(m.group(1))) for tl, line in self.lines if a <= tl <= b and (m := _EXAMPLES.match(line))]
-        if len(pts) < 2 or pts[-1][0] - pts[0][0] < 0.5:
-            return None
-        return (pts[-1][1] - pts[0][1]) / (pts[-1][0] - pts[0][0])
+    def stop_rates(self, t_train: float, t_stop: float, t_cont: float) -> dict[str, Any]:
+        """Examples/s before a SIGSTOP and across it, and the evaluations printed while it lasted.
+
+        ``t_train``: when the warmstart ended (0 without one).  Before:
+        between the first progress line with examples > 0 after ``t_train``
+        and the last line before the stop.  During: from the last line before
+        the stop to the first line printed 1 s or more after SIGCONT (a stopped
+        lead's first line after SIGCONT can carry an example count it read
+        before the stop), or the last line of a job that ended during the
+        stop; a little normal training either side dilutes it.  Times are the
+        lead's wall seconds in the lines.
+        """
+        pts = self.points()
+        before = [p for p in pts if t_train <= p[0] <= t_stop and p[1] > 0]
+        p0 = next((p for p in reversed(pts) if p[0] <= t_stop), None)
+        p1 = next((p for p in pts if p[0] >= t_cont + 1.0), pts[-1] if pts and pts[-1][0] > t_stop + 1.0 else None)
+
+        def slope(a, b):
+            return round((b[1] - a[1]) / (b[2] - a[2])) if a and b and b[2] - a[2] >= 0.5 else None
+
+        return {"rate_before_stop": slope(before[0], before[-1]) if before else None,
+                "rate_during_stop": slope(p0, p1), "evals_during_stop": sum(t_stop < p[0] < t_cont for p in pts)}
 
     def first_line(self, pattern: re.Pattern) -> float | None:
         return next((t for t, line in self.lines if pattern.search(line)), None)
@@ -260,8 +294,12 @@ def _role(entry: dict | None) -> str:
     return role + (" (lead)" if entry.get("lead") else "")
 
 
-def watch(job: Job, fault: Fault | None, seconds: float, hang_after: float, replicas: int) -> dict[str, Any]:
-    """Run ``job`` to its end, injecting ``fault`` (kill/stop) once training has started; the run's record."""
+def watch(job: Job, fault: Fault | None, seconds: float, hang_after: float, replicas: int,
+          warm: bool = False) -> dict[str, Any]:
+    """Run ``job`` to its end, injecting ``fault`` (kill/stop) once training has started; the run's record.
+
+    ``warm``: the config has a warmstart, so training starts at its end.
+    """
     rec: dict[str, Any] = {"fired": False, "hang": False}
     t_start = t_fault = t_cont = None
     stopped: int | None = None
@@ -273,8 +311,8 @@ def watch(job: Job, fault: Fault | None, seconds: float, hang_after: float, repl
             if code is not None:
                 break
             if t_start is None:
-                rd = job.run_dir()
-                if (rd is not None and (rd / "ranks.json").exists()) or job.examples_before(now) is not None:
+                t_warm = job.first_line(_WARM_OVER) if warm else 0.0
+                if t_warm is not None and any(ex > 0 and t >= t_warm for t, ex, _ in job.points()):
                     t_start = now
                     rec["train_started"] = round(t_start, 2)
                     deadline = t_start + seconds + hang_after
@@ -316,10 +354,9 @@ def watch(job: Job, fault: Fault | None, seconds: float, hang_after: float, repl
     if t_fault is not None and rec["fired"]:
         rec["seconds_to_exit"] = round((job.exit_time or job.now()) - t_fault, 2)
         rec["examples_at_fault"] = job.examples_before(t_fault)
-    if fault is not None and fault.kind == "stop" and rec["fired"] and t_start is not None:
-        before, during = job.rate(t_start, t_fault), job.rate(t_fault, t_fault + fault.stop_seconds)
-        rec["rate_before_stop"] = round(before) if before is not None else None
-        rec["rate_during_stop"] = round(during) if during is not None else None
+    if fault is not None and fault.kind == "stop" and rec["fired"]:
+        t_train = (job.first_line(_WARM_OVER) or 0.0) if warm else 0.0
+        rec.update(job.stop_rates(t_train, t_fault, t_fault + fault.stop_seconds))
     return rec
 
 
@@ -356,6 +393,7 @@ class Chaos:
 
         t = self.cfg.topology
         self.replicas, self.world = t.replicas * t.partitions, world_size(t.shards, t.replicas, t.partitions)
+        self.warm = bool(self.cfg.downpour.warmstart_steps or self.cfg.downpour.warmstart_seconds)
         self.has_crash_step = "crash_at_step" in {f.name for f in dataclasses.fields(FaultsConfig)}
         self.env = impl_env(args.impl)
         self.out = Path(args.out or f"runs/chaos-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
@@ -388,7 +426,7 @@ class Chaos:
                   out_dir / "launch.log", out_dir)
         rec: dict[str, Any] = {"run": i, "kind": fault.kind, "fault": fault.describe(), "target_rank": fault.rank,
                                "plan": dataclasses.asdict(fault)}
-        rec.update(watch(job, fault, a.seconds, a.hang_after, self.replicas))
+        rec.update(watch(job, fault, a.seconds, a.hang_after, self.replicas, self.warm))
         rd = job.run_dir()
         rec["run_dir"] = str(rd) if rd else None
         table = rank_table(rd, job, self.replicas) if rd and (rd / "ranks.json").exists() else []
@@ -400,6 +438,11 @@ class Chaos:
         rec["orphans"] = [] if rec["hang"] else job.orphans(ranks_pids)
         rec["expected"] = "survive" if fault.kind == "stop" or fault.flavour == "fail_replica" else "die"
         rec["survived"] = rec["exit_status"] == 0 and rd is not None and (rd / "summary.json").exists()
+        if fault.flavour == "fail_replica" and not rec["fired"] and rec["survived"]:
+            # a replica other than the lead's fails silently until the summary: find it there
+            replicas = json.loads((rd / "summary.json").read_text()).get("replicas", [])
+            error = replicas[fault.rank].get("error") if fault.rank < len(replicas) else None
+            rec["fired"] = bool(error and "injected" in error)
         if not rec["survived"] and not rec["hang"]:
             self.resume(rec, rd, out_dir)
         return rec
@@ -478,7 +521,8 @@ def _fmt(v, spec: str = "") -> str:
 def _stop_rate(r: dict) -> str:
     """Examples/s while the rank was stopped, as a share of the rate before the stop."""
     before, during = r.get("rate_before_stop"), r.get("rate_during_stop")
-    return "-" if not before or during is None else f"{100 * during / before:.0f}%"
+    share = "-" if not before or during is None else f"{100 * during / before:.0f}%"
+    return share if "evals_during_stop" not in r else f"{share}, {r['evals_during_stop']} evals"
 
 
 def markdown(runs: list[dict], t: dict, head: str) -> str:
