@@ -615,7 +615,9 @@ def _step_range(text: str) -> tuple[int, int]:
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``chaos`` to the ``dbnet`` command line."""
     p = subparsers.add_parser("chaos", help="fault injection: kill, stop or crash a rank of N short jobs, then resume",
-                              description=__doc__.splitlines()[0])
+                              description="Fault injection: N short Downpour jobs, each with one SIGKILL, SIGSTOP "
+                                          "or injected exception of a random rank; the job that died is resumed. "
+                                          "Writes chaos.json and chaos.md (see python -m pydoc dbnet.chaos).")
     add_arguments(p)
     p.set_defaults(func=main_chaos)
 
