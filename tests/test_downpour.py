@@ -72,11 +72,13 @@ def test_wrong_rank_count_is_one_clear_error(tmp_path, fashion_mnist_h5, impl):
     assert "Traceback" not in r.stderr
 
 
-@pytest.mark.parametrize("shards, impl", [(1, "openmpi"), (2, "openmpi"), (3, "openmpi"), (2, "mpich")])
-def test_one_replica_downpour_is_bit_identical_to_sgd(tmp_path, fashion_mnist_h5, shards, impl):
-    """1 replica, n_fetch = n_push = 1, fixed rate, alpha = 0, fetches that see the replica's own
-    pushes (no overlap): exactly single-process SGD."""
-    steps = ["--set", "train.max_steps=60"]
+@pytest.mark.parametrize("shards, impl, rule", [(1, "openmpi", "sgd"), (2, "openmpi", "sgd"), (3, "openmpi", "sgd"),
+                                                (2, "mpich", "sgd"), (2, "openmpi", "adagrad"),
+                                                (3, "mpich", "momentum")])
+def test_one_replica_downpour_is_bit_identical_to_sgd(tmp_path, fashion_mnist_h5, shards, impl, rule):
+    """1 replica, n_fetch = n_push = 1, alpha = 0, fetches that see the replica's own pushes (no
+    overlap): exactly single-process training with the same update rule, whose state lives in the shards."""
+    steps = ["--set", "train.max_steps=60", "--set", f"optimizer.rule='{rule}'"]
     sgd_cfg = write_cfg(tmp_path / "sgd", fashion_mnist_h5, algorithm="sgd", shards=1, replicas=1)
     # The reference runs in a fresh process too, so BLAS kernel choice and threads are the same.
     ref = subprocess.run([sys.executable, "-m", "dbnet", "train", str(sgd_cfg), *steps], capture_output=True,
@@ -90,6 +92,8 @@ def test_one_replica_downpour_is_bit_identical_to_sgd(tmp_path, fashion_mnist_h5
     rd = only_run_dir(tmp_path / "dp")
     assert summary(rd)["steps"] == summary(sgd_rd)["steps"] == 60
     assert np.array_equal(final_params(rd), final_params(sgd_rd))
+    mine, ref = ckpt_mod.load(rd.latest_checkpoint()).optimizer, ckpt_mod.load(sgd_rd.latest_checkpoint()).optimizer
+    assert mine.keys() == ref.keys() and all(np.array_equal(mine[k], ref[k]) for k in ref)  # Adagrad sums, velocity
     assert summary(rd)["shards"][0]["staleness_histogram"][0] == 60  # a lone replica is never stale
 
 
@@ -120,7 +124,7 @@ def test_a_failed_replica_does_not_stop_the_others(tmp_path, fashion_mnist_h5, i
     assert s["lost_replicas"] == [2] and s["stopped_because"] == "reached 600 steps"
     failed = s["replicas"][2]
     assert failed["state"] == "failed" and failed["steps"] == 5 and "injected fault" in failed["error"]
-    assert s["examples_seen"] >= 600 * 32 and s["final_test_accuracy"] > 0.5
+    assert s["examples_seen"] >= 600 * 32 and s["final_test_accuracy"] > 0.7  # runs reach 0.74-0.82
 
 
 def test_nan_gradient_is_rejected_not_applied(tmp_path, fashion_mnist_h5):
@@ -130,7 +134,7 @@ def test_nan_gradient_is_rejected_not_applied(tmp_path, fashion_mnist_h5):
     rd = only_run_dir(tmp_path)
     s = summary(rd)
     assert s["pushes_rejected"] == 3 and [sh["pushes_rejected"] for sh in s["shards"]] == [1, 1, 1]
-    assert np.isfinite(final_params(rd)).all() and s["final_test_accuracy"] > 0.3  # it learned (chance: 0.1)
+    assert np.isfinite(final_params(rd)).all() and s["final_test_accuracy"] > 0.5  # runs reach 0.57-0.59
 
 
 @pytest.mark.parametrize("crash_rank, role, impl", [(3, "shard 1", "openmpi"), (0, "replica 0", "openmpi"),
@@ -163,7 +167,7 @@ def test_resume_continues_a_downpour_job(tmp_path, fashion_mnist_h5):
     assert "resuming" in r.stderr and "warmstart" not in r.stderr  # warmstart is never run again
     s = summary(rd)
     last = ckpt_mod.load(rd.latest_checkpoint())
-    assert 600 * 32 <= s["examples_seen"] <= (600 + 2 * 3) * 32 and s["final_test_accuracy"] > 0.7
+    assert 600 * 32 <= s["examples_seen"] <= (600 + 2 * 3) * 32 and s["final_test_accuracy"] > 0.7  # 0.73-0.80
     assert (last.extra["replica_steps"] > steps).all()  # both replicas went on from where they were
     assert 32 * last.extra["replica_steps"].sum() == last.loop.examples_seen
     assert sum(rep["examples_this_run"] for rep in s["replicas"]) == s["examples_seen"] - first.loop.examples_seen
@@ -192,7 +196,8 @@ def test_n_fetch_n_push_and_local_steps(tmp_path, fashion_mnist_h5, overlap):
         assert rep["fetches"] in ((fetch_steps, fetch_steps + 1) if overlap else (fetch_steps,))
         assert rep["overlap"] is overlap
     assert s["examples_seen"] == sum(rep["examples"] for rep in s["replicas"])  # nothing accrued was lost
-    assert s["final_test_accuracy"] > 0.4  # it learned (chance: 0.1)
+    # runs reach 0.77-0.80 without overlap; with it, fetches 2 pushes stale and alpha steps: 0.43-0.58
+    assert s["final_test_accuracy"] > (0.38 if overlap else 0.7)
 
 
 def test_overlap_makes_a_lone_replica_exactly_one_or_more_updates_stale(tmp_path, fashion_mnist_h5):
