@@ -95,8 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
     from dbnet.data.commands import register as register_data
     from dbnet.bench.commands import register as register_bench
 
+    from dbnet.chaos import register as register_chaos
+
     register_data(sub)
     register_bench(sub)
+    register_chaos(sub)
     return p
 
 

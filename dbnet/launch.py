@@ -41,7 +41,7 @@ from pathlib import Path
 
 from dbnet import config as config_mod
 from dbnet.errors import ConfigError, DbnetError
-from dbnet.topology import world_size
+from dbnet.algorithms import world_size
 
 GRACE_SECONDS = 30.0  # after the first SIGINT/SIGTERM, before mpiexec's group is SIGKILLed
 _FORWARD = (signal.SIGUSR1, signal.SIGUSR2)
@@ -83,8 +83,7 @@ def command(config: str | None, overrides: list[str], resume: str | None, extra:
         raise ConfigError("dbnet launch needs a CONFIG file or --resume RUN_DIR")
     if not cfg.distributed:
         raise ConfigError(f"train.algorithm = {cfg.train.algorithm!r} is single-process: use dbnet train {config or ''}")
-    t = cfg.topology
-    n = world_size(t.shards, t.replicas, t.partitions)
+    n = world_size(cfg)
     train = [sys.executable, "-m", "dbnet", "train"]
     train += ["--resume", resume] if resume else [config]
     for item in overrides:

@@ -26,13 +26,18 @@ def resume_config(run_dir: str | Path, overrides: list[str]) -> tuple[Config, Ru
     Checkpoints that do not load (corrupt, truncated) are skipped with a
     warning on stderr (see :meth:`RunDir.load_latest_checkpoint`); ``ck.path``
     is the file used.  Stale temporaries of killed writes are removed.
+
+    Injected faults (``[faults]``) belong to the run they were set for: a resume starts without
+    them unless ``--set faults.KEY=...`` asks again.
     """
     rd = RunDir.open_existing(run_dir)
     for item in overrides:
         key = item.partition("=")[0].strip()
-        if key not in RESUMABLE_KEYS:
-            raise ConfigError(f"--set {key}: cannot be changed when resuming; allowed: {', '.join(RESUMABLE_KEYS)}")
+        if key not in RESUMABLE_KEYS and not key.startswith("faults."):
+            raise ConfigError(f"--set {key}: cannot be changed when resuming; allowed: {', '.join(RESUMABLE_KEYS)}, "
+                              f"faults.*")
     doc = config_mod.tomllib.loads(rd.config_path.read_text(encoding="utf-8"))
+    doc.pop("faults", None)
     cfg = config_mod.from_dict(config_mod.apply_overrides(doc, overrides), source=str(rd.config_path))
     ck = rd.load_latest_checkpoint(state_names=UpdateRule(cfg.optimizer).state_names)
     if config_mod.from_toml_text(ck.config_toml).model != cfg.model:

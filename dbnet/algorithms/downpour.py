@@ -92,7 +92,9 @@ def _replica(job, windows):
         if topo.is_lead:
             lead = Lead(job, call, lambda buf: client.fetch(buf, own_writes=False, count=False),
                         lambda: _snapshot(client, job), (dc.warmstart_steps, dc.warmstart_seconds),
-                        tick_every=0.05 if cfg.comm.overlap else 0.0)
+                        tick_every=0.05 if cfg.comm.overlap else 0.0,
+                        about=f"n_fetch {dc.n_fetch}, n_push {dc.n_push}, alpha {dc.alpha:g}, warmstart "
+                              f"{dc.warmstart_steps} steps / {dc.warmstart_seconds:g} s")
         try:
             if lead is None:
                 job.wait_until(job.started_or_stopped, "waiting for the warmstart to end", call=call)

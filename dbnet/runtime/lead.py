@@ -10,8 +10,10 @@ steps (:meth:`Lead.tick`) or after it stopped training
   ``train.eval_every_*``;
 * decides when to stop (``[train]`` limits, counted over all replicas'
   examples; or every replica failed) and sets ``STOP``;
-* writes a checkpoint every ``train.checkpoint_every_*`` (``snapshot``: a
-  consistent copy of the parameters and optimizer state);
+* writes a checkpoint when training starts, every
+  ``train.checkpoint_every_*``, when the warmstart ends, on SIGUSR1/SIGUSR2
+  (a scheduler's warning before preemption), and at the end (``snapshot``:
+  a consistent copy of the parameters and optimizer state);
 * bumps the heartbeat that every waiting rank watches, and names ranks that
   go silent (stopped, swapped out) and come back.
 
@@ -41,6 +43,9 @@ from dbnet.topology import Role
 
 SILENT_SECONDS = 5.0
 
+#: Set by SIGUSR1/SIGUSR2 (see :func:`dbnet.runtime.startup.install_signal_handlers`): checkpoint now.
+checkpoint_requested = False
+
 
 class LeadError(DbnetError):
     """The lead could not evaluate, checkpoint or stop the job: the whole job fails."""
@@ -49,7 +54,7 @@ class LeadError(DbnetError):
 class Lead:
     def __init__(self, job, call: Callable, read_params: Callable[[np.ndarray], None],
                  snapshot: Callable[[], tuple | None], warmstart: tuple[int, float] = (0, 0.0),
-                 tick_every: float = 0.0):
+                 tick_every: float = 0.0, about: str = ""):
         cfg, tc = job.cfg, job.cfg.train
         self.job, self.cfg, self.call = job, cfg, call
         self.read_params, self.snapshot = read_params, snapshot
@@ -79,9 +84,14 @@ class Lead:
         self._beats: dict[int, tuple[int, float]] = {}
         self._last_watch = 0.0
         self.progress.total = self.limits.max_steps
+        self.progress.log(f"{cfg.train.algorithm}: {job.spec.describe()} on {self.test.name}, {self.topo.replicas} "
+                          f"replicas x batch {tc.batch_size}, {self.topo.shards} shards, {cfg.optimizer.rule} lr "
+                          f"{cfg.optimizer.lr:g}{', ' + about if about else ''}; run dir {self.rd.path}")
         call(lambda: (self.ctl.write(Field.EXAMPLES, job.resume.examples), self.ctl.beat(0.0)))
         if not len(self.metrics):
             self._evaluate(job.resume.examples)
+        if not job.resume.path:
+            self.checkpoint()  # a kill before the first interval still has something to resume from
         if self.started:
             call(lambda: self.ctl.write(Field.STARTED, 1))
 
@@ -126,6 +136,11 @@ class Lead:
             raise LeadError(f"the lead's duties failed: {type(e).__name__}: {e}") from e
 
     def _tick(self, loss: float | None, own_step: int) -> None:
+        global checkpoint_requested
+        if checkpoint_requested:
+            checkpoint_requested = False
+            self.progress.log("signal: checkpoint requested")
+            self.checkpoint()
         if loss is not None:
             self.loss_sum += loss
             self.loss_n += 1

@@ -175,6 +175,7 @@ def _run(payload: dict, state: dict | None, quiet: bool) -> int:
     from dbnet.threads import per_rank, set_threads
     from dbnet.topology import build_topology
 
+    install_signal_handlers()
     cfg = config_mod.from_toml_text(payload["config"])
     t = cfg.topology
     topo = build_topology(MPI.COMM_WORLD, t.shards, t.replicas, t.partitions)
@@ -208,6 +209,20 @@ def _run(payload: dict, state: dict | None, quiet: bool) -> int:
             code = 1
     topo.free()
     return code
+
+
+def install_signal_handlers() -> None:
+    """SIGUSR1/SIGUSR2 (forwarded by mpiexec from ``dbnet launch`` or a scheduler) ask the lead for a
+    checkpoint now; other ranks ignore them (the default action would kill the job)."""
+    import signal
+
+    from dbnet.runtime import lead
+
+    def handler(signum, frame):
+        lead.checkpoint_requested = True
+
+    for sig in (signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(sig, handler)
 
 
 def _write_ranks(job) -> None:
