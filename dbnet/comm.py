@@ -14,7 +14,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 
-from dbnet.mpi import WaitTimeout
+from dbnet.mpi import Deadline, WaitTimeout
 
 
 class Direct:
@@ -50,10 +50,15 @@ class CommThread:
 
     def wait(self, f: Future):
         t0 = time.perf_counter()
+        deadline = Deadline(self.timeout)  # time this process spends stopped does not count
         try:
-            return f.result(timeout=self.timeout)
-        except FutureTimeout:
-            raise WaitTimeout(f"communication thread: no transfer finished within {self.timeout:g} s") from None
+            while True:
+                try:
+                    return f.result(timeout=0.25)
+                except FutureTimeout:
+                    if deadline.expired():
+                        raise WaitTimeout(f"communication thread: no transfer finished within {self.timeout:g} s") \
+                            from None
         finally:
             self.exposed_seconds += time.perf_counter() - t0
 

@@ -86,6 +86,27 @@ def barrier(comm, timeout: float, what: str, idle: Callable[[], bool] | None = N
     wait_for(req.Test, timeout, what, idle=idle)
 
 
+class Deadline:
+    """``timeout`` seconds of this process's own running time.
+
+    Time this process spends stopped (SIGSTOP, a suspended laptop, a swapped-out
+    node) does not count: each interval between two checks counts at most
+    ``max_gap`` seconds.  Otherwise a rank stopped while it waited would,
+    once continued, blame the rank it waited for.
+    """
+
+    def __init__(self, timeout: float, max_gap: float = 1.0):
+        self.timeout, self.max_gap = timeout, max_gap
+        self.elapsed = 0.0
+        self._last = time.monotonic()
+
+    def expired(self) -> bool:
+        now = time.monotonic()
+        self.elapsed += min(now - self._last, self.max_gap)
+        self._last = now
+        return self.elapsed > self.timeout
+
+
 def wait_for(ready: Callable[[], bool], timeout: float, what: str, *, idle: Callable[[], None] | None = None,
              min_sleep: float = 20e-6, max_sleep: float = 1e-3) -> float:
     """Poll ``ready()`` until it is true; return the seconds waited.
@@ -93,13 +114,14 @@ def wait_for(ready: Callable[[], bool], timeout: float, what: str, *, idle: Call
     Sleeps between polls grow from ``min_sleep`` to ``max_sleep``;
     ``idle()`` (e.g. serving requests) runs between polls instead of sleeping
     when given and resets the back-off when it returns true.  Raises
-    :class:`WaitTimeout` after ``timeout`` seconds.
+    :class:`WaitTimeout` after ``timeout`` seconds of this process's running
+    time (see :class:`Deadline`).
     """
     t0 = time.monotonic()
+    deadline = Deadline(timeout)
     sleep = min_sleep
     while not ready():
-        waited = time.monotonic() - t0
-        if waited > timeout:
+        if deadline.expired():
             raise WaitTimeout(f"timed out after {timeout:g} s waiting for {what}")
         if idle is not None and idle():
             sleep = min_sleep

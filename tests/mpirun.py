@@ -20,6 +20,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 MPICH_VENV = Path(os.environ.get("DBNET_MPICH_VENV", REPO / ".venv-mpich"))
+if not MPICH_VENV.is_absolute():
+    MPICH_VENV = REPO / MPICH_VENV
 
 
 def mpiexec_for(impl: str) -> tuple[list[str], dict]:

@@ -25,7 +25,7 @@ import time
 
 import numpy as np
 
-from dbnet.mpi import WaitTimeout
+from dbnet.mpi import Deadline, WaitTimeout
 from dbnet.rma import Window
 
 
@@ -119,11 +119,14 @@ class Liveness:
 
     ``read()`` is called at most every ``period`` seconds, so idle loops do
     not flood the lead with reads.
+
+    Only this process's running time counts (:class:`~dbnet.mpi.Deadline`):
+    a rank that was itself stopped does not blame the one it watches.
     """
 
     def __init__(self, read, timeout: float, what: str, period: float = 0.1):
         self.read, self.timeout, self.what, self.period = read, timeout, what, period
-        self.value, self.since, self.last = None, time.monotonic(), 0.0
+        self.value, self.deadline, self.last = None, Deadline(timeout), 0.0
 
     def check(self, doing: str) -> None:
         now = time.monotonic()
@@ -132,8 +135,8 @@ class Liveness:
         self.last = now
         v = self.read()
         if v != self.value:
-            self.value, self.since = v, now
-        elif now - self.since > self.timeout:
+            self.value, self.deadline = v, Deadline(self.timeout)
+        elif self.deadline.expired():
             raise WaitTimeout(f"no sign of life from {self.what} for {self.timeout:g} s while {doing}")
 
 
