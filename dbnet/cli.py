@@ -53,10 +53,21 @@ def _require_single_process(cfg, what: str) -> None:
 
 
 def _cmd_launch(args: argparse.Namespace) -> int:
-    from dbnet.launch import launch
-
     import shlex
 
+    from dbnet.launch import launch
+
+    if args.print_ranks:
+        from pathlib import Path
+
+        from dbnet import config as config_mod
+        from dbnet.algorithms import world_size
+
+        if not (args.config or args.resume):
+            raise DbnetError("dbnet launch --print-ranks needs a CONFIG file or --resume RUN_DIR")
+        path = Path(args.resume) / "config.toml" if args.resume else args.config
+        print(world_size(config_mod.load(path, args.set)))
+        return 0
     return launch(args.config, args.set, args.resume, shlex.split(args.mpiexec_args), quiet=args.quiet)
 
 
@@ -87,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     la.add_argument("--quiet", action="store_true")
     la.add_argument("--mpiexec-args", default="", metavar="ARGS",
                     help="extra arguments for mpiexec, as one string (e.g. --mpiexec-args='--bind-to none')")
+    la.add_argument("--print-ranks", action="store_true",
+                    help="print the number of MPI ranks the config needs and exit (for batch scripts)")
     la.set_defaults(func=_cmd_launch)
 
     i = sub.add_parser("info", help="versions, MPI library, threads, BLAS")

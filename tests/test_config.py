@@ -59,3 +59,21 @@ def test_config_objects_are_frozen():
     cfg = c.Config()
     with pytest.raises(AttributeError):
         cfg.train.batch_size = 3
+
+
+def test_launch_print_ranks_asks_the_registry(capsys):
+    """Batch scripts size their allocation with `dbnet launch --print-ranks CONFIG` (no MPI started)."""
+    from pathlib import Path
+
+    from dbnet.cli import main
+
+    cfg = Path(__file__).resolve().parents[1] / "experiments" / "fashion_downpour.toml"
+    assert main(["launch", "--print-ranks", str(cfg), "--set", "topology.replicas=6"]) == 0
+    assert capsys.readouterr().out.strip() == "8"  # 2 shards + 6 replicas
+
+
+def test_moved_keys_say_where_they_went(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text("[train]\nmax_steps = 1\n[downpour]\noverlap = false\n")
+    with pytest.raises(ConfigError, match=r"downpour.overlap has moved to comm.overlap"):
+        c.load(p)
