@@ -9,7 +9,7 @@ Layout (``format_version`` 2)::
     /params           (n_params,) float32, finite                 attrs: crc32
     /optimizer/<name> (n_params,) float32, per state array of the update rule;  attrs: crc32
     /metrics/<column> the curves so far (see dbnet.metrics)       attrs: crc32
-    /extra/<name>     algorithm-specific arrays, e.g. Downpour's replica positions;  attrs: crc32
+    /extra/<name>     algorithm-specific arrays, e.g. Downpour's replica_steps and shard_versions;  attrs: crc32
 
 An array's ``crc32`` is ``zlib.crc32`` (uint32) of its elements in C order as
 little-endian bytes (the same rule as the dataset files, see
@@ -60,7 +60,7 @@ class Checkpoint:
     loop: LoopState
     config_toml: str
     metrics: Metrics
-    extra: dict[str, np.ndarray] = field(default_factory=dict)  # algorithm-specific, e.g. replica positions
+    extra: dict[str, np.ndarray] = field(default_factory=dict)  # algorithm-specific, e.g. Downpour's replica_steps
     path: str = ""  # the file it was loaded from (set by load)
 
 

@@ -86,23 +86,44 @@ def barrier(comm, timeout: float, what: str, idle: Callable[[], bool] | None = N
     wait_for(req.Test, timeout, what, idle=idle)
 
 
-class Deadline:
-    """``timeout`` seconds of this process's own running time.
+#: Incremented by the SIGCONT handler (:func:`count_continues`): this process was stopped and continued.
+continued = 0
 
-    Time this process spends stopped (SIGSTOP, a suspended laptop, a swapped-out
-    node) does not count: each interval between two checks counts at most
-    ``max_gap`` seconds.  Otherwise a rank stopped while it waited would,
-    once continued, blame the rank it waited for.
+
+def count_continues() -> None:
+    """Install a SIGCONT handler that counts continues (main thread; the runtime does it at start-up)."""
+    import signal
+
+    def handler(signum, frame):
+        global continued
+        continued += 1
+
+    signal.signal(signal.SIGCONT, handler)
+
+
+class Deadline:
+    """``timeout`` seconds of wall time, less the time this process spent stopped.
+
+    A rank stopped while it waited (SIGSTOP, a debugger, a suspended node)
+    would otherwise, once continued, blame the rank it waited for.  An
+    interval between two checks during which a SIGCONT arrived counts at
+    most ``max_gap`` seconds (see :func:`count_continues`); every other
+    interval counts in full.
     """
 
     def __init__(self, timeout: float, max_gap: float = 1.0):
         self.timeout, self.max_gap = timeout, max_gap
         self.elapsed = 0.0
         self._last = time.monotonic()
+        self._seen = continued
 
     def expired(self) -> bool:
         now = time.monotonic()
-        self.elapsed += min(now - self._last, self.max_gap)
+        gap = now - self._last
+        if continued != self._seen:
+            self._seen = continued
+            gap = min(gap, self.max_gap)
+        self.elapsed += gap
         self._last = now
         return self.elapsed > self.timeout
 

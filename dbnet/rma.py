@@ -46,9 +46,11 @@ class Window:
         if count:
             self.local[:] = 0
         self.win.Lock_all()
+        self.win.Sync()  # the zeros are in the public copy before anyone reads it
         self._one = np.zeros(1, np.int64)
         self._cmp = np.zeros(1, np.int64)
         self._res = np.zeros(1, np.int64)
+        self._nothing = np.zeros(0, np.int64)  # the (ignored) origin of NO_OP reads
 
     # -- atomic int64 fields ---------------------------------------------------
     def _fop(self, rank: int, index: int, value: int, op) -> int:
@@ -88,8 +90,8 @@ class Window:
     def read_many(self, rank: int, index: int, out: np.ndarray) -> np.ndarray:
         """Atomically (per element) read ``len(out)`` consecutive int64 fields into ``out``."""
         MPI = self.MPI
-        self.win.Get_accumulate(None, [out, MPI.INT64_T], rank, target=(index, len(out), MPI.INT64_T),
-                                op=MPI.NO_OP)
+        self.win.Get_accumulate([self._nothing, 0, MPI.INT64_T], [out, MPI.INT64_T], rank,
+                                target=(index, len(out), MPI.INT64_T), op=MPI.NO_OP)
         self.win.Flush(rank)
         return out
 

@@ -25,16 +25,16 @@ N = 1003  # odd: uneven slices
 TIMEOUT = 30.0
 
 
-def setup(rule: str, slots: int, snapshot_seconds: float = 5.0):
+def setup(rule: str, slots: int, snapshot_seconds: float = 5.0, lr: float = 0.1, zero: bool = False):
     MPI = mpi.init()
     world = MPI.COMM_WORLD
     shards = world.Get_size() - 2
     topo = build_topology(world, shards, 2)
-    urule = UpdateRule(OptimizerConfig(rule=rule, lr=0.1))
+    urule = UpdateRule(OptimizerConfig(rule=rule, lr=lr))
     windows = PSWindows(topo, N, len(urule.state_names), slots)
     topo.comm.Barrier()
     server = client = None
-    init = np.linspace(-1, 1, N).astype(np.float32)
+    init = np.zeros(N, np.float32) if zero else np.linspace(-1, 1, N).astype(np.float32)
     if topo.role is Role.SHARD:
         L = windows.layout
         server = ShardServer(windows, urule, init[L.lo: L.hi], None, 0, apply_chunk=100,
@@ -186,10 +186,69 @@ def case_snapshot_broken() -> list[str]:
     return errors, topo, windows
 
 
+def case_concurrent() -> list[str]:
+    """Both replicas push 100 times at once through a pool of ONE slot per shard, without waiting:
+    every push is applied exactly once (lr 1/8 and integer gradients: exact in float32)."""
+    MPI, topo, urule, windows, server, client, init = setup("sgd", slots=1, lr=0.125, zero=True)
+    errors = []
+    if server is not None:
+        serve_until(topo, server, topo.comm.Ibarrier())
+        if server.version != 200:
+            errors.append(f"shard applied {server.version} pushes, expected 200")
+    else:
+        r = topo.me.replica_id
+        g = np.full(N, r + 1, np.float32)
+        for _ in range(100):
+            client.push(g, [0] * topo.shards)
+        client.drain()
+        topo.group.Barrier()  # both replicas' pushes applied
+        w = np.empty(N, np.float32)
+        client.fetch(w, own_writes=False)
+        if not (w == np.float32(-0.125 * (100 * 1 + 100 * 2))).all():
+            errors.append(f"params {np.unique(w)[:5]}, expected all -37.5")
+        topo.comm.Ibarrier().Wait()
+    topo.comm.Barrier()
+    return errors, topo, windows
+
+
+def case_snapshot_consistent() -> list[str]:
+    """Checkpoint reads while replica 1 pushes without pause: every snapshot of a shard is one state
+    (all its parameters equal -lr x its version: a torn read would mix two versions)."""
+    MPI, topo, urule, windows, server, client, init = setup("sgd", slots=2, lr=0.125, zero=True)
+    errors = []
+    if server is not None:
+        serve_until(topo, server, topo.comm.Ibarrier())
+    else:
+        topo.group.Barrier()
+        if topo.me.replica_id == 1:
+            g = np.ones(N, np.float32)
+            for _ in range(300):
+                client.push(g, [0] * topo.shards)
+            client.drain()
+        else:
+            w = np.empty(N, np.float32)
+            seen = set()
+            for _ in range(40):
+                versions = client.snapshot(w, {}, ())
+                if versions is None:
+                    errors.append("a snapshot was void")
+                    continue
+                for L, v in zip(windows.layouts, versions):
+                    seen.add(v)
+                    if not (w[L.lo: L.hi] == np.float32(-0.125 * v)).all():
+                        errors.append(f"torn snapshot: version {v}, values {np.unique(w[L.lo: L.hi])[:4]}")
+            if len(seen) < 3:
+                errors.append(f"the snapshots did not overlap the pushes (versions seen: {sorted(seen)})")
+        topo.comm.Ibarrier().Wait()
+    topo.comm.Barrier()
+    return errors, topo, windows
+
+
 def main(case: str) -> int:
     cases = {"exact-sgd": lambda: case_exact("sgd"), "exact-momentum": lambda: case_exact("momentum"),
              "exact-adagrad": lambda: case_exact("adagrad"), "stalled-claim": case_stalled_claim,
-             "nan-rejected": case_nan_rejected, "snapshot-broken": case_snapshot_broken}
+             "nan-rejected": case_nan_rejected, "snapshot-broken": case_snapshot_broken,
+             "concurrent": case_concurrent, "snapshot-consistent": case_snapshot_consistent}
     errors, topo, windows = cases[case]()
     everyone = topo.comm.allgather(errors)
     windows.free()

@@ -4,7 +4,9 @@ The cases live in tests/mpi_ps_protocol.py (run under a real mpiexec): exact
 results of the sharded update rules against single-process application,
 bit for bit; a replica that claimed slots and stopped (no lock held) does not
 stall the others; NaN gradients are consumed, never applied; a shard never
-waits longer than ``snapshot_seconds`` for a stopped lead.
+waits longer than ``snapshot_seconds`` for a stopped lead; two replicas pushing
+at once through one slot lose nothing; checkpoint reads under a stream of
+pushes are never torn.
 """
 
 from pathlib import Path
@@ -14,7 +16,8 @@ import pytest
 from mpirun import run_mpi
 
 SCRIPT = str(Path(__file__).with_name("mpi_ps_protocol.py"))
-CASES = ["exact-sgd", "exact-momentum", "exact-adagrad", "stalled-claim", "nan-rejected", "snapshot-broken"]
+CASES = ["exact-sgd", "exact-momentum", "exact-adagrad", "stalled-claim", "nan-rejected", "snapshot-broken",
+         "concurrent", "snapshot-consistent"]
 
 
 @pytest.mark.parametrize("n, impl", [(3, "openmpi"), (4, "openmpi"), (4, "mpich")])

@@ -107,15 +107,15 @@ def test_a_stopped_replica_stalls_no_one(tmp_path, fashion_mnist_h5, impl):
                              "--set", "train.eval_every_seconds=0.25"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
     try:
-        ranks = None
+        started = []  # the lead's first checkpoint comes right before training starts
         deadline = time.monotonic() + 60
-        while ranks is None and time.monotonic() < deadline:
-            found = list((tmp_path / "runs").glob("*/ranks.json")) if (tmp_path / "runs").exists() else []
-            ranks = json.loads(found[0].read_text()) if found else None
+        while not started and time.monotonic() < deadline:
+            started = list((tmp_path / "runs").glob("*/checkpoints/ckpt-*.h5")) if (tmp_path / "runs").exists() else []
             time.sleep(0.1)
-        assert ranks, "no ranks.json"
+        assert started, "training never started"
+        ranks = json.loads((started[0].parents[1] / "ranks.json").read_text())
         (victim,) = [r for r in ranks if r["role"] == "replica" and r["replica_id"] == 2]
-        time.sleep(5)
+        time.sleep(3)
         os.kill(victim["pid"], signal.SIGSTOP)
         time.sleep(6)
         os.kill(victim["pid"], signal.SIGCONT)
@@ -136,16 +136,17 @@ def test_a_stopped_replica_stalls_no_one(tmp_path, fashion_mnist_h5, impl):
             start = i
     t_stop, t_cont = max(runs, key=lambda r: r[1] - r[0])
     assert 4 <= t_cont - t_stop <= 9 and t_stop > 2, (t_stop, t_cont, tl)
+    t_train = next(row[0] for row in tl if row[1] > 0)
     assert "silent for" in err and "is back after" in err, err  # the lead named it, then saw it return
     evals_during = [row for row in tl if t_stop < row[0] < t_cont]
-    assert len(evals_during) >= 8  # evaluations went on
+    assert len(evals_during) >= 5  # evaluations went on (every 0.25 s asked; 5 ranks share 2 cores)
     for rep in (0, 1):
-        before = _steps_rate(tl, rep, 1.0, t_stop)
+        before = _steps_rate(tl, rep, t_train, t_stop)
         during = _steps_rate(tl, rep, t_stop, t_cont)
         assert during >= 0.75 * before, (rep, before, during)
         for a, b in zip(evals_during, evals_during[1:]):
             assert b[1 + rep] > a[1 + rep], (rep, a, b)  # progress between any two evaluations
-    assert tl[-1][3] > tl[-1][3] - 1 and _steps_rate(tl, 2, t_cont, tl[-1][0]) > 0  # it rejoined
+    assert _steps_rate(tl, 2, t_cont, tl[-1][0]) > 0 and s["replicas"][2]["state"] == "done"  # it rejoined
 
 
 def test_ranks_json_names_every_rank(tmp_path, fashion_mnist_h5):
@@ -187,3 +188,37 @@ def test_resume_skips_a_corrupt_checkpoint_and_may_change_the_topology(tmp_path,
     last = ckpt_mod.load(rd.latest_checkpoint())
     assert last.extra["replica_steps"].shape == (3,) and last.extra["shard_versions"].shape == (3,)
     assert np.isfinite(last.params).all()
+
+
+def test_more_shards_than_parameters_is_refused(tmp_path):
+    """Checked on rank 0 before anything starts (no MPI needed to call it)."""
+    from dbnet.data.h5 import write_dataset
+    from dbnet.runtime.startup import _rank0
+
+    h5 = tmp_path / "tiny.h5"
+    x = np.zeros((8, 2), np.uint8)
+    y = np.array([0, 1] * 4)
+    write_dataset(h5, name="tiny", train=(x, y), test=(x, y), n_classes=2, input_shape=[2], x_scale=1.0,
+                  x_offset=0.0, source="test")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f"""[run]\nout_dir = "{tmp_path / 'runs'}"\n[data]\npath = "{h5}"\n[model]\nhidden = [1]\n
+[train]\nalgorithm = "downpour"\nbatch_size = 2\nmax_steps = 1\n[topology]\nshards = 8\nreplicas = 1\n""")
+    out = _rank0(str(cfg), [], None, 9, {})  # 2*1+1 + 1*2+2 = 7 parameters, 8 shards
+    assert out == {"error": "topology.shards = 8: more shards than the model's 7 parameters"}
+    assert not (tmp_path / "runs").exists()
+
+
+def test_resume_onto_fewer_shards_and_replicas(tmp_path, fashion_mnist_h5):
+    cfg = write_cfg(tmp_path, fashion_mnist_h5, shards=2, replicas=3)
+    r = run_mpi(5, ["train", str(cfg), "--set", "train.max_steps=300"], timeout=120)
+    assert r.returncode == 0, r.stderr
+    rd = only_run_dir(tmp_path)
+    first = ckpt_mod.load(rd.latest_checkpoint())
+    r = run_mpi(3, ["train", "--resume", str(rd.path), "--set", "train.max_steps=500",
+                    "--set", "topology.shards=1", "--set", "topology.replicas=2"], timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "shards changed from 2 to 1" in r.stderr and "replicas changed from 3 to 2" in r.stderr
+    s = summary(rd)
+    assert s["topology"]["shards"] == 1 and len(s["replicas"]) == 2 and s["examples_seen"] >= 500 * 32
+    last = ckpt_mod.load(rd.latest_checkpoint())
+    assert last.extra["replica_steps"].shape == (2,) and last.loop.examples_seen > first.loop.examples_seen

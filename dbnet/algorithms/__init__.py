@@ -24,7 +24,7 @@ class Algorithm:
     name: str
     distributed: bool
     module: str  # holds run()
-    ranks: Callable  # (TopologyConfig) -> world size
+    world_size: Callable  # (Config) -> MPI ranks, coordinator included
     about: str
 
     @property
@@ -32,13 +32,17 @@ class Algorithm:
         return importlib.import_module(self.module).run
 
 
-def _ps_ranks(t) -> int:
-    return t.shards + t.replicas * t.partitions
+def _ps_ranks(cfg) -> int:
+    """Replicas x partitions + shards (the parameter-server methods)."""
+    from dbnet.topology import world_size
+
+    t = cfg.topology
+    return world_size(t.shards, t.replicas, t.partitions)
 
 
 REGISTRY: dict[str, Algorithm] = {
     a.name: a for a in (
-        Algorithm("sgd", False, "dbnet.algorithms.sgd", lambda t: 1, "single-process minibatch SGD"),
+        Algorithm("sgd", False, "dbnet.algorithms.sgd", lambda cfg: 1, "single-process minibatch SGD"),
         Algorithm("downpour", True, "dbnet.algorithms.downpour", _ps_ranks,
                   "Downpour SGD on the sharded parameter server (Dean et al. 2012)"),
     )
@@ -51,4 +55,4 @@ def get(name: str) -> Algorithm:
 
 def world_size(cfg) -> int:
     """MPI ranks that ``cfg`` needs (1 for single-process algorithms)."""
-    return get(cfg.train.algorithm).ranks(cfg.topology)
+    return get(cfg.train.algorithm).world_size(cfg)

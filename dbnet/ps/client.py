@@ -18,7 +18,7 @@ import time
 import numpy as np
 
 from dbnet.mpi import wait_for
-from dbnet.ps.layout import Ctrl, SlotField, SlotState
+from dbnet.ps.layout import SLOT_FIELDS, Ctrl, SlotField, SlotState
 from dbnet.ps.windows import PSWindows
 
 
@@ -33,6 +33,7 @@ class PSClient:
         self.ranks = self.topo.shard_ranks
         self.seq = [0] * self.topo.shards  # pushes sent to each shard
         self._hdr = np.zeros(3, np.int64)  # OWNER, SEQ, BASE_VERSION of a push
+        self._slots = np.zeros(max(L.slots for L in windows.layouts) * SLOT_FIELDS, np.int64)
         self.fetches = self.pushes = 0
         self.fetch_seconds = self.push_seconds = self.wait_seconds = 0.0
         self.bytes_fetched = self.bytes_pushed = 0
@@ -73,9 +74,13 @@ class PSClient:
         first = (self.r + self.seq[k]) % L.slots
         order = [(first + i) % L.slots for i in range(L.slots)]
         got: list[int] = []
+        fields = self._slots[: L.slots * SLOT_FIELDS]
 
         def claim() -> bool:
+            ctrl.read_many(rank, L.slot_field(0, SlotField.STATE), fields)  # one read, then CAS only FREE ones
             for j in order:
+                if fields[j * SLOT_FIELDS + SlotField.STATE] != SlotState.FREE:
+                    continue
                 if ctrl.cas(rank, L.slot_field(j, SlotField.STATE), SlotState.FREE, SlotState.CLAIMED):
                     got.append(j)
                     return True

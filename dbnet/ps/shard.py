@@ -23,7 +23,7 @@ import numpy as np
 
 from dbnet.kernels.updates import count_nonfinite
 from dbnet.optim import UpdateRule
-from dbnet.ps.layout import Ctrl, SlotField, SlotState
+from dbnet.ps.layout import HEADER, SLOT_FIELDS, Ctrl, SlotField, SlotState
 from dbnet.ps.windows import PSWindows
 
 STALENESS_BINS = 65  # staleness 0..63 and ">= 64"
@@ -49,7 +49,6 @@ class ShardServer:
         self.params = data[: L.n]
         self.state = {name: data[L.state_offset(i): L.state_offset(i) + L.n] for i, name in enumerate(rule.state_names)}
         self.inbox = [data[L.slot_offset(j): L.slot_offset(j) + L.n] for j in range(L.slots)]
-        self.ctrl = windows.ctrl.local
         self.version = version
         self.rejected = 0
         self.staleness = np.zeros(STALENESS_BINS, np.int64)
@@ -60,8 +59,8 @@ class ShardServer:
             arr[:] = 0 if state is None else state[name]
         windows.data.sync()
         windows.ctrl.write(self.me, Ctrl.VERSION, version)
-        self._states = np.empty(L.slots, np.int64)
-        self._state_idx = np.array([L.slot_field(j, SlotField.STATE) for j in range(L.slots)])
+        self._slots = np.empty(L.slots * SLOT_FIELDS, np.int64)  # every slot's fields, read atomically
+        self._hdr = np.empty(HEADER, np.int64)
 
     def _progress(self) -> None:
         """Let MPI progress (others' operations on this rank's windows) and publish local stores."""
@@ -69,28 +68,32 @@ class ShardServer:
         self.comm.Iprobe()
 
     def serve_once(self) -> bool:
-        """Apply every FULL inbox slot (a replica's pushes in order) and answer a snapshot request.
+        """Apply every FULL inbox slot (each replica's pushes in order) and answer a snapshot request.
 
-        Returns True if it did anything.
+        Returns True if it did anything.  Calls MPI on every pass (progress for MPICH).
         """
-        ctrl = self.w.ctrl
-        ctrl.sync()
-        np.take(self.ctrl, self._state_idx, out=self._states)
-        full = np.flatnonzero(self._states == SlotState.FULL)
-        L = self.L
-        if len(full) > 1:
-            full = sorted(full, key=lambda j: (int(self.ctrl[L.slot_field(j, SlotField.SEQ)]), j))
-        for j in full:
-            self._apply_slot(int(j))
-        snap = int(self.ctrl[Ctrl.SNAP_REQ]) > int(self.ctrl[Ctrl.SNAP_ACK])
-        if snap:
+        self.comm.Iprobe()
+        did = self._apply_full()
+        ctrl, me = self.w.ctrl, self.me
+        ctrl.read_many(me, 0, self._hdr)
+        if self._hdr[Ctrl.SNAP_REQ] > self._hdr[Ctrl.SNAP_ACK]:
             self._snapshot()
-        return bool(len(full)) or snap
+            return True
+        return did
 
-    def _apply_slot(self, j: int) -> None:
+    def _apply_full(self) -> bool:
+        """Apply the slots that are FULL now, ordered by (owner, push number); True if any."""
+        self.w.ctrl.read_many(self.me, HEADER, self._slots)
+        fields = self._slots.reshape(-1, SLOT_FIELDS)
+        full = np.flatnonzero(fields[:, SlotField.STATE] == SlotState.FULL)
+        if len(full) > 1:
+            full = sorted(full, key=lambda j: (int(fields[j, SlotField.OWNER]), int(fields[j, SlotField.SEQ])))
+        for j in full:
+            self._apply_slot(int(j), int(fields[j, SlotField.OWNER]), int(fields[j, SlotField.BASE_VERSION]))
+        return bool(len(full))
+
+    def _apply_slot(self, j: int, owner: int, base: int) -> None:
         L, ctrl, me = self.L, self.w.ctrl, self.me
-        owner = ctrl.read(me, L.slot_field(j, SlotField.OWNER))
-        base = ctrl.read(me, L.slot_field(j, SlotField.BASE_VERSION))
         self.w.data.sync()  # the gradient the replica put is visible to our loads
         g = self.inbox[j]
         t0 = time.perf_counter()
@@ -114,6 +117,8 @@ class ShardServer:
         """Pause updates while the lead reads params, state and version (bounded by ``snapshot_seconds``)."""
         ctrl, me = self.w.ctrl, self.me
         req = ctrl.read(me, Ctrl.SNAP_REQ)
+        # Every push whose examples the lead counted was FULL before it wrote SNAP_REQ: apply those too.
+        self._apply_full()
         self._progress()
         ctrl.write(me, Ctrl.SNAP_ACK, req)
         t0 = time.monotonic()

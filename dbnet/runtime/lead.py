@@ -230,8 +230,12 @@ class Lead:
         examples = self.ctl.read(Field.EXAMPLES)
         if not self.metrics.rows["examples"] or self.metrics.rows["examples"][-1] != examples:
             self._evaluate(examples)
-        if not self.checkpoint():
-            raise LeadError("the final checkpoint could not be read consistently from the shards")
+        for attempt in range(3):
+            if self.checkpoint():
+                break
+        else:
+            raise LeadError("the final checkpoint could not be read consistently from the shards (3 tries: "
+                            "a shard stopped waiting for the lead's read; raise ps.snapshot_seconds)")
         self.progress.close()
         self.test.close()
         return {"reason": self.reason, "metrics": self.metrics, "examples": examples, "wall": self.wall(),

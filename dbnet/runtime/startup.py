@@ -62,11 +62,15 @@ def main(config_path: str | None, overrides: list[str], resume_dir: str | None, 
 
 
 def _role_of(payload: dict, rank: int) -> str:
-    from dbnet.topology import rank_layout
+    """This rank's role for an error message (never raises: it runs on the way to MPI_Abort)."""
+    try:
+        from dbnet.topology import rank_layout
 
-    t = config_mod.from_toml_text(payload["config"]).topology
-    roles = rank_layout(t.shards, t.replicas, t.partitions)
-    return roles[rank].describe() if rank < len(roles) else ""
+        t = config_mod.from_toml_text(payload["config"]).topology
+        roles = rank_layout(t.shards, t.replicas, t.partitions)
+        return roles[rank].describe() if rank < len(roles) else ""
+    except BaseException:  # noqa: BLE001
+        return ""
 
 
 def bcast_with_deadline(comm, obj, timeout: float, what: str):
@@ -107,7 +111,7 @@ def _rank0(config_path, overrides, resume_dir, size: int, state: dict) -> dict:
         if not algo.distributed:
             raise ConfigError(f"train.algorithm = {cfg.train.algorithm!r} runs in one process: "
                               f"run it without mpiexec/srun (dbnet train CONFIG)")
-        need = algo.ranks(cfg.topology)
+        need = algo.world_size(cfg)
         if size != need:
             t = cfg.topology
             raise ConfigError(size_error(t.shards, t.replicas, t.partitions, False, size))
@@ -121,6 +125,12 @@ def _rank0(config_path, overrides, resume_dir, size: int, state: dict) -> dict:
         if min(n_batches) < 1:
             raise ConfigError(f"train.batch_size = {cfg.train.batch_size}: a replica's share of the data "
                               f"({n_train // cfg.topology.replicas} examples) holds no full batch")
+        from mpi4py import MPI
+
+        if cfg.comm.overlap and MPI.Query_thread() < MPI.THREAD_MULTIPLE:
+            raise ConfigError(f"this MPI library gives thread level {MPI.Query_thread()}, below MPI_THREAD_MULTIPLE, "
+                              f"which comm.overlap needs (a communication thread beside the main one): "
+                              f"set comm.overlap = false")
         if cfg.topology.shards > spec.n_params:
             raise ConfigError(f"topology.shards = {cfg.topology.shards}: more shards than the model's "
                               f"{spec.n_params} parameters")
@@ -145,12 +155,13 @@ def _resume_state(cfg, ck, n_batches: list[int], n_train: int) -> dict:
     else:
         raise ConfigError(f"{ck.path or 'checkpoint'}: not written by a distributed run; resume it with dbnet train")
     note = ""
+    old_replicas = len(steps)
     if len(steps) != t.replicas:
         # The data shards change with the replica count: every replica starts at the job's epoch fraction.
         frac = ck.loop.examples_seen / n_train
         steps = [int(frac) * nb + round((frac - int(frac)) * nb) for nb in n_batches]
-        note = (f"replicas changed from {len(ck.extra['replica_steps' if 'replica_steps' in ck.extra else 'replica_positions'])} "
-                f"to {t.replicas}: every replica resumes at epoch {frac:.2f} of its new data shard")
+        note = (f"replicas changed from {old_replicas} to {t.replicas}: every replica resumes at epoch "
+                f"{frac:.2f} of its new data shard")
     versions = [int(v) for v in ck.extra.get("shard_versions", [])]
     if len(versions) != t.shards:
         if versions:
@@ -223,6 +234,7 @@ def install_signal_handlers() -> None:
 
     for sig in (signal.SIGUSR1, signal.SIGUSR2):
         signal.signal(sig, handler)
+    mpi.count_continues()  # deadlines do not count the time this rank spent stopped
 
 
 def _write_ranks(job) -> None:
