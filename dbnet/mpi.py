@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import threading
 import time
 import traceback
 from typing import Callable
@@ -120,6 +121,8 @@ class Deadline:
     def expired(self) -> bool:
         now = time.monotonic()
         gap = now - self._last
+        if gap > self.max_gap and continued == self._seen and threading.current_thread() is not threading.main_thread():
+            time.sleep(0.3)  # Python runs signal handlers in the main thread: give it time to count a SIGCONT
         if continued != self._seen:
             self._seen = continued
             gap = min(gap, self.max_gap)

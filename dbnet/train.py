@@ -50,9 +50,8 @@ def resume_config(run_dir: str | Path, overrides: list[str]) -> tuple[Config, Ru
 def train(cfg: Config, *, rd: RunDir | None = None, resume: ckpt_mod.Checkpoint | None = None,
           progress: Progress | None = None) -> dict:
     """Run ``cfg`` to completion in this process; returns the summary (also in ``rd``)."""
-    from dbnet.algorithms import sgd
+    from dbnet.algorithms import get
 
     rd = rd or RunDir.create(cfg)
     progress = progress or Progress(None)
-    algorithms = {"sgd": sgd.run}
-    return algorithms[cfg.train.algorithm](cfg, rd, resume, progress)
+    return get(cfg.train.algorithm).run(cfg, rd, resume, progress)

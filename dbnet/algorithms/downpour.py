@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 import time
-import traceback
 
 import numpy as np
 
@@ -28,18 +27,13 @@ from dbnet.data import H5Dataset
 from dbnet.errors import TrainingDiverged
 from dbnet.kernels import updates
 from dbnet.model import Network
-from dbnet.mpi import WaitTimeout, barrier
+from dbnet.mpi import barrier
 from dbnet.ps import PSClient, PSWindows, service
 from dbnet.ps.transport import OverlapTransport, SyncTransport
 from dbnet.rundir import make_summary
-from dbnet.runtime.control import RankState
-from dbnet.runtime.job import InjectedCrash
-from dbnet.runtime.lead import Lead, LeadError
+from dbnet.runtime.lead import Lead
+from dbnet.runtime.replica import InjectedFault, TrainingPhase
 from dbnet.topology import Role
-
-
-class InjectedFault(RuntimeError):
-    """``faults.fail_replica``: a replica's step fails (the job goes on without it)."""
 
 
 def run(job):
@@ -60,8 +54,6 @@ def run(job):
 
 
 def _replica(job, windows):
-    from mpi4py import MPI
-
     cfg, dc, topo, ctl = job.cfg, job.cfg.downpour, job.topo, job.control
     r, B, n = topo.me.replica_id, cfg.train.batch_size, job.spec.n_params
     client = PSClient(windows, r, job.timeout)
@@ -75,30 +67,17 @@ def _replica(job, windows):
         transport = OverlapTransport(client, report, ctl.stop_requested, dc.n_fetch, n, job.timeout)
     else:
         transport = SyncTransport(client, report, ctl.stop_requested, dc.n_fetch, cfg.ps.read_own_writes)
-    call = lambda fn, *a: transport.comm.call(fn, *a)  # noqa: E731 - MPI work, on the comm thread if any
     net = Network(job.spec, B)
-    w, g = np.empty(n, np.float32), np.empty(n, np.float32)
+    w, g = np.zeros(n, np.float32), np.empty(n, np.float32)
     accrued = np.zeros(n, np.float32) if dc.n_push > 1 else None
     step = step0 = job.resume.replica_steps[r] if job.resume.path else 0
-    pending, compute_seconds, state, error = 0, 0.0, RankState.DONE, None
-    limit = _example_limit(job)
+    pending, compute_seconds, limit = 0, 0.0, _example_limit(job)
     with H5Dataset(job.data_path, "train", shard=r, n_shards=topo.replicas) as data:
         n_batches = data.n_batches(B)
-        x0, y0 = next(data.batches(B, seed=cfg.run.seed, epoch=0))  # warm up every kernel before the start
-        w[:] = 0
-        net.loss_and_grad(w, x0, y0, g)
+        net.loss_and_grad(w, *next(data.batches(B, seed=cfg.run.seed, epoch=0)), g)  # compile/load every kernel
         barrier(topo.group, job.timeout, "every replica to be ready")
-        lead = None
-        if topo.is_lead:
-            lead = Lead(job, call, lambda buf: client.fetch(buf, own_writes=False, count=False),
-                        lambda: _snapshot(client, job), (dc.warmstart_steps, dc.warmstart_seconds),
-                        tick_every=0.05 if cfg.comm.overlap else 0.0,
-                        about=f"n_fetch {dc.n_fetch}, n_push {dc.n_push}, alpha {dc.alpha:g}, warmstart "
-                              f"{dc.warmstart_steps} steps / {dc.warmstart_seconds:g} s")
-        try:
-            if lead is None:
-                job.wait_until(job.started_or_stopped, "waiting for the warmstart to end", call=call)
-            call(ctl.set_state, RankState.RUNNING)
+        lead = _lead(job, client, transport) if topo.is_lead else None
+        with TrainingPhase(job, transport, lead) as phase:
             stop = False
             while not stop:
                 epoch, batch = divmod(step, n_batches)
@@ -109,15 +88,13 @@ def _replica(job, windows):
                     loss, _ = net.loss_and_grad(w, x, y, g)                 # gradient
                     if not math.isfinite(loss):
                         raise TrainingDiverged(f"replica {r} step {step}: training loss is {loss}")
-                    if r == cfg.faults.nan_replica and step == cfg.faults.nan_at_step:
-                        g[:] = np.nan
+                    _inject_nan(job, r, step, g)
                     if accrued is not None:
                         updates.axpy(accrued, 1.0, g)                       # accrue
                     if dc.alpha:
                         updates.sgd(w, g, dc.alpha, 0.0)                    # local step between fetches
                     compute_seconds += time.perf_counter() - t0
-                    step += 1
-                    pending += len(y)
+                    step, pending = step + 1, pending + len(y)
                     if step % dc.n_push == 0:                               # push every n_push steps
                         if accrued is None:
                             g = transport.push(g, pending, step)
@@ -126,31 +103,28 @@ def _replica(job, windows):
                             accrued[:] = 0
                         pending = 0
                     if lead is not None:
-                        lead.tick(loss / len(y), step - step0)
+                        lead.tick(loss / len(y), step - step0)              # warmstart, evals, stop, checkpoints
                     if transport.stop_requested() or (limit and transport.examples_total >= limit):
                         stop = True
                         break
             if pending and accrued is not None:  # no silent losses: push what was accrued
                 transport.push(accrued, pending, step)
-        except Exception as e:  # noqa: BLE001 - a replica's failure must not stop the others ...
-            if isinstance(e, (WaitTimeout, MPI.Exception, LeadError, InjectedCrash)):
-                raise  # ... but a lost shard, a broken MPI, a failed lead or a crash is the whole job's
-            state, error = RankState.FAILED, f"{type(e).__name__}: {e}"
-            if not isinstance(e, (InjectedFault, TrainingDiverged)):
-                error += "\n" + traceback.format_exc()
-            job.progress.log(f"replica {r} failed at step {step}: {error.splitlines()[0]}")
-        transport.finish()  # nothing in flight: MPI is this thread's again
-        ctl.set_state(state)
-        if lead is not None:
-            lead.monitor_until_stop()
-        else:
-            job.wait_until(ctl.stop_requested, "waiting for the lead to stop the job")
     stats = {
-        "role": "replica", "replica": r, "state": state.name.lower(), "error": error, "steps": step,
+        "role": "replica", "replica": r, "state": phase.state.name.lower(), "error": phase.error, "steps": step,
         "examples": step * B, "examples_this_run": (step - step0) * B, "compute_seconds": compute_seconds,
         "exposed_comm_seconds": transport.exposed_seconds, "overlap": cfg.comm.overlap, **client.stats(),
     }
     return stats, lead
+
+
+def _lead(job, client: PSClient, transport) -> Lead:
+    """The lead's duties, reading the parameter server through the replica's transport."""
+    dc = job.cfg.downpour
+    return Lead(job, lambda fn, *a: transport.comm.call(fn, *a),
+                lambda buf: client.fetch(buf, own_writes=False, count=False), lambda: _snapshot(client, job),
+                (dc.warmstart_steps, dc.warmstart_seconds), tick_every=0.05 if job.cfg.comm.overlap else 0.0,
+                about=f"n_fetch {dc.n_fetch}, n_push {dc.n_push}, alpha {dc.alpha:g}, "
+                      f"warmstart {dc.warmstart_steps} steps / {dc.warmstart_seconds:g} s")
 
 
 def _inject(job, r: int, step: int) -> None:
@@ -158,6 +132,11 @@ def _inject(job, r: int, step: int) -> None:
     if r == f.fail_replica and step == f.fail_at_step:
         raise InjectedFault(f"injected fault: replica {r} stops at step {step}")
     job.maybe_crash(step)
+
+
+def _inject_nan(job, r: int, step: int, g) -> None:
+    if r == job.cfg.faults.nan_replica and step == job.cfg.faults.nan_at_step:
+        g[:] = np.nan
 
 
 def _example_limit(job) -> int | None:
