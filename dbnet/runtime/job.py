@@ -85,7 +85,7 @@ class Job:
             raise InjectedCrash(f"injected crash on rank {self.topo.rank} at step {step} (faults.crash_rank)")
 
     def wait_until(self, ready: Callable[[], bool], doing: str, idle: Callable[[], bool] | None = None,
-                   call: Callable = lambda fn, *a: fn(*a), poll: float = 0.005) -> None:
+                   call: Callable = lambda fn, *a: fn(*a), poll: float = 0.005, max_sleep: float = 2e-3) -> None:
         """Poll ``ready()`` (at most every ``poll`` s) until true, running ``idle()`` in between
         (sleeping with back-off while it finds nothing to do), as long as the lead's heartbeat goes on.
 
@@ -105,7 +105,7 @@ class Job:
                 sleep = 20e-6
             else:
                 time.sleep(sleep)
-                sleep = min(2 * sleep, 2e-3)
+                sleep = min(2 * sleep, max_sleep)
 
     def _keep_alive(self, alive, doing: str) -> None:
         if not self.topo.is_lead:
