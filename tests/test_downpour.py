@@ -129,12 +129,12 @@ def test_a_failed_replica_does_not_stop_the_others(tmp_path, fashion_mnist_h5, i
 
 def test_nan_gradient_is_rejected_not_applied(tmp_path, fashion_mnist_h5):
     cfg = write_cfg(tmp_path, fashion_mnist_h5, shards=3, replicas=2, extra="[faults]\nnan_replica = 1\nnan_at_step = 5\n")
-    r = run_mpi(5, ["train", str(cfg), "--set", "train.max_steps=100"])
+    r = run_mpi(5, ["train", str(cfg), "--set", "train.max_steps=300", "--set", "train.eval_examples=0"])
     assert r.returncode == 0, r.stderr
     rd = only_run_dir(tmp_path)
     s = summary(rd)
     assert s["pushes_rejected"] == 3 and [sh["pushes_rejected"] for sh in s["shards"]] == [1, 1, 1]
-    assert np.isfinite(final_params(rd)).all() and s["final_test_accuracy"] > 0.5  # runs reach 0.57-0.59
+    assert np.isfinite(final_params(rd)).all() and s["final_test_accuracy"] > 0.6  # runs reach 0.65-0.71
 
 
 @pytest.mark.parametrize("crash_rank, role, impl", [(3, "shard 1", "openmpi"), (0, "replica 0", "openmpi"),

@@ -39,9 +39,6 @@ class PSClient:
         self.bytes_fetched = self.bytes_pushed = 0
 
     # -- parameters --------------------------------------------------------
-    def versions(self) -> list[int]:
-        return [self.w.ctrl.read(rank, Ctrl.VERSION) for rank in self.ranks]
-
     def fetch(self, out: np.ndarray, own_writes: bool = True, count: bool = True) -> list[int]:
         """Copy every shard's current parameters into ``out`` (n_params,) float32.
 

@@ -38,7 +38,7 @@ from dbnet.loop import Every, Limits
 from dbnet.metrics import Metrics
 from dbnet.model import Network
 from dbnet.mpi import WaitTimeout
-from dbnet.runtime.control import Field, RankField, RankState
+from dbnet.runtime.control import Field, RankState
 from dbnet.topology import Role
 
 SILENT_SECONDS = 5.0
@@ -178,7 +178,7 @@ class Lead:
         for rank in range(self.topo.size):
             if rank == self.topo.rank:
                 continue
-            beat = self.call(self.ctl.win.read, self.ctl.lead, self.ctl.rank_field(rank, RankField.BEAT))
+            beat = self.call(self.ctl.beat_of, rank)
             last, since = self._beats.get(rank, (None, now))
             if beat != last:
                 self._beats[rank] = (beat, now)
