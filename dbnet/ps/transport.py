@@ -35,19 +35,27 @@ from dbnet.comm import CommThread, Direct
 from dbnet.ps.client import PSClient
 
 
-class SyncTransport:
-    def __init__(self, client: PSClient, report, stopped, n_fetch: int, read_own_writes: bool):
+class _Transport:
+    """What both transports keep: the client, the control-plane hooks, and the fetch state."""
+
+    def __init__(self, client: PSClient, report, stopped, n_fetch: int, comm):
         self.client, self.report, self.stopped = client, report, stopped
-        self.comm = Direct()
+        self.comm = comm
         self.n_fetch = n_fetch
-        self.own = read_own_writes
-        self.fetched_at = -1
-        self.base: list[int] = []
-        self.examples_total = 0
+        self.fetched_at = -1          # the step of the last fetch
+        self.base: list[int] = []     # the shard versions the parameters in use were fetched at
+        self.examples_total = 0       # the job's examples as of the last push
 
     @property
     def exposed_seconds(self) -> float:
+        """Time the training thread spent waiting for communication."""
         return self.comm.exposed_seconds
+
+
+class SyncTransport(_Transport):
+    def __init__(self, client: PSClient, report, stopped, n_fetch: int, read_own_writes: bool):
+        super().__init__(client, report, stopped, n_fetch, Direct())
+        self.own = read_own_writes
 
     def params_for(self, step: int, w: np.ndarray) -> np.ndarray:
         if self.fetched_at < 0 or (step % self.n_fetch == 0 and step != self.fetched_at):
@@ -70,13 +78,11 @@ class SyncTransport:
         pass
 
 
-class OverlapTransport:
+class OverlapTransport(_Transport):
     def __init__(self, client: PSClient, report, stopped, n_fetch: int, n_params: int, timeout: float):
-        self.client, self.report, self.stopped = client, report, stopped
-        self.n_fetch = n_fetch
         # A transfer may wait up to `timeout` on each shard; the training thread waits longer than that,
         # so a slow shard surfaces as the transfer's own WaitTimeout, naming the shard.
-        self.comm = CommThread(timeout * (client.topo.shards + 2))
+        super().__init__(client, report, stopped, n_fetch, CommThread(timeout * (client.topo.shards + 2)))
         self.spare_w = np.empty(n_params, np.float32)
         self.spare_g = np.empty(n_params, np.float32)
         self.prefetch: Future | None = None
@@ -84,13 +90,6 @@ class OverlapTransport:
         self.checking: Future | None = None
         self._last_check = 0.0
         self.stop = False
-        self.fetched_at = -1
-        self.base: list[int] = []
-        self.examples_total = 0
-
-    @property
-    def exposed_seconds(self) -> float:
-        return self.comm.exposed_seconds
 
     def _fetch_job(self, into: np.ndarray):
         versions = self.client.fetch(into, own_writes=False)
