@@ -1,0 +1,525 @@
+"""Locally connected (LC) layer: untied k x k filters, forward and backward.
+
+Layouts (fixed; the model and the model-parallel code depend on them), all
+float32 and C-contiguous:
+
+* x  (batch, H, W, C_in)            activations, NHWC
+* w  (Ho, Wo, k, k, C_in, C_out)    one filter bank per output position
+* b  (Ho, Wo, C_out)                one bias per output position and map
+* y  (batch, Ho, Wo, C_out)         ``Ho = (H - k) // stride + 1``, the same for Wo
+
+``y[n, i, j, m] = act(sum_{di, dj, c} x[n, i*s + di, j*s + dj, c] * w[i, j, di, dj, c, m] + b[i, j, m])``
+
+**Bands.**  Every kernel works on a band of rows, so that a model partition
+can hold only its rows and compute the interior while halos are in flight:
+
+* ``x_row0``: x (and dx) hold input rows ``[x_row0, x_row0 + x.shape[1])`` of
+  the full image; all columns.
+* ``y_row0``: w, b, y (and dw, db, dy) hold output rows ``[y_row0, y_row0 + y.shape[1])``
+  of the full layer.
+* ``rows = (i0, i1)``: the output rows computed, in full-layer coordinates
+  (default: all of y's rows).  The x band must hold the input rows they read,
+  ``[i0 * s, (i1 - 1) * s + k)``.
+
+A row computed from a band is bit-identical to the same row of a full call:
+every output element is summed in the same fixed order whatever the band,
+the row range or the number of threads.
+
+**Speed.**  Per output position the work is a (batch x k*k*C_in) @
+(k*k*C_in x C_out) product with a small C_out.  The kernels hold an 8 x 8
+tile of accumulators in registers (8 examples or 8 weight rows by 8 maps,
+AVX/AVX-512 lanes) and keep the position's weights in L1 while the whole
+batch streams past them; nothing is gathered into an im2col buffer.  That
+register tile needs LLVM's SLP vectorizer, which Numba leaves off by default
+(numba#8705); :class:`_Kernel` compiles these kernels, and only these, with it
+on, and the tests check them against the numpy twins.  C_out that is not a
+multiple of 8 takes plainer (slower) loops.
+"""
+
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+from numba import types
+from numba.core import cgutils
+from numba.core.compiler_lock import global_compiler_lock
+from numba.extending import intrinsic
+
+from dbnet.kernels.activations import ACTIVATIONS
+
+_JIT = dict(nogil=True, cache=True, parallel=True,
+            fastmath={"contract", "nnan", "ninf", "nsz", "arcp"})  # FMA, but no reassociation: sums in written order
+_ACT = {name: code for code, name in enumerate(ACTIVATIONS)}  # sigmoid 0, tanh 1, relu 2, linear 3
+U = nb.uint64  # unsigned indices: Numba then emits no negative-index wraparound, and LLVM sees contiguous loads
+
+
+class _Kernel:
+    """A Numba kernel compiled once, for one signature, with the SLP vectorizer on.
+
+    Numba reads ``config.SLP_VECTORIZE`` when it builds its pass pipeline, so
+    the flag is set only while this kernel compiles (under Numba's compiler
+    lock, so no other compilation sees it).  Further compilation is disabled:
+    a call with other argument types raises instead of silently compiling a
+    slow version.
+    """
+
+    def __init__(self, fn, sig):
+        self.fn, self.sig, self.ready = fn, sig, False
+
+    def __call__(self, *args):
+        if not self.ready:
+            with global_compiler_lock:
+                old = nb.config.SLP_VECTORIZE
+                nb.config.SLP_VECTORIZE = 1
+                try:
+                    self.fn.compile(self.sig)
+                finally:
+                    nb.config.SLP_VECTORIZE = old
+                self.fn.disable_compile()
+                self.ready = True
+        return self.fn(*args)
+
+
+@intrinsic
+def _stack(typingctx, n, dtype):
+    """A pointer to ``n`` (a literal) elements on the stack: LLVM promotes them to registers."""
+    if not isinstance(n, types.IntegerLiteral):
+        return None
+    size, ty = n.literal_value, dtype.dtype
+
+    def codegen(context, builder, sig, args):
+        return cgutils.alloca_once(builder, context.get_value_type(ty), size=size)
+
+    return types.CPointer(ty)(n, dtype), codegen
+
+
+@nb.njit(nogil=True, cache=True, inline="always",
+         fastmath={"contract", "nnan", "ninf", "nsz", "arcp"})
+def _act(v, code):
+    if code == 0:
+        return np.float32(1.0) / (np.float32(1.0) + np.exp(-v))
+    if code == 1:
+        return np.tanh(v)
+    if code == 2:
+        return v if v > np.float32(0.0) else np.float32(0.0)
+    return v
+
+
+# ------------------------------------------------------------------ forward
+
+@nb.njit(**_JIT)
+def _forward8(xf, wf, bf, yf, B, Hx, Wx, C, Hy, Wo, M, k, s, x_row0, y_row0, i0, i1, act):
+    """C_out % 8 == 0: tiles of 8 examples x 8 maps, summed over the patch in (di, dj, c) order."""
+    kC = k * C
+    P = k * kC
+    xrow = Wx * C
+    xB = Hx * xrow
+    yB = Hy * Wo * M
+    B8 = B - B % 8
+    for n in nb.prange((i1 - i0) * Wo):
+        i = i0 + n // Wo
+        j = n - (n // Wo) * Wo
+        pos = (i - y_row0) * Wo + j  # position in the band's w, b, y
+        xo = (i * s - x_row0) * xrow + j * s * C  # the patch's top-left in one example
+        acc = nb.carray(_stack(64, np.float32), (8, 8))
+        wv = nb.carray(_stack(8, np.float32), (8,))
+        for m0 in range(0, M, 8):
+            bo = pos * M + m0
+            for b0 in range(0, B8, 8):  # full tiles, then (below) one example at a time
+                for rr in range(8):
+                    for mm in range(8):
+                        acc[rr, mm] = bf[U(bo + mm)]
+                for di in range(k):
+                    xd = b0 * xB + xo + di * xrow
+                    wd = (pos * P + di * kC) * M + m0
+                    for q in range(kC):
+                        for mm in range(8):
+                            wv[mm] = wf[U(wd + q * M + mm)]
+                        for rr in range(8):
+                            a = xf[U(xd + rr * xB + q)]
+                            for mm in range(8):
+                                acc[rr, mm] += a * wv[mm]
+                for rr in range(8):
+                    yo = (b0 + rr) * yB + bo
+                    for mm in range(8):
+                        yf[U(yo + mm)] = _act(acc[rr, mm], act)
+            for bb in range(B8, B):
+                for mm in range(8):
+                    acc[0, mm] = bf[U(bo + mm)]
+                for di in range(k):
+                    xd = bb * xB + xo + di * xrow
+                    wd = (pos * P + di * kC) * M + m0
+                    for q in range(kC):
+                        a = xf[U(xd + q)]
+                        for mm in range(8):
+                            acc[0, mm] += a * wf[U(wd + q * M + mm)]
+                yo = bb * yB + bo
+                for mm in range(8):
+                    yf[U(yo + mm)] = _act(acc[0, mm], act)
+
+
+@nb.njit(**_JIT)
+def _forward_any(xf, wf, bf, yf, B, Hx, Wx, C, Hy, Wo, M, k, s, x_row0, y_row0, i0, i1, act):
+    """Any C_out: one output at a time."""
+    kC = k * C
+    P = k * kC
+    xrow = Wx * C
+    xB = Hx * xrow
+    yB = Hy * Wo * M
+    for n in nb.prange((i1 - i0) * Wo):
+        i = i0 + n // Wo
+        j = n - (n // Wo) * Wo
+        pos = (i - y_row0) * Wo + j
+        xo = (i * s - x_row0) * xrow + j * s * C
+        for bb in range(B):
+            for m in range(M):
+                a = bf[U(pos * M + m)]
+                for di in range(k):
+                    xd = bb * xB + xo + di * xrow
+                    wd = (pos * P + di * kC) * M + m
+                    for q in range(kC):
+                        a += xf[U(xd + q)] * wf[U(wd + q * M)]
+                yf[U(bb * yB + pos * M + m)] = _act(a, act)
+
+
+# ------------------------------------------------------------- dz = dy * act'
+
+@nb.njit(**_JIT)
+def _act_backward(dyf, yf, B, Hy, Wo, M, r0, r1, act):
+    row = Wo * M
+    one, zero = np.float32(1.0), np.float32(0.0)
+    for n in nb.prange(B * (r1 - r0)):
+        bb = n // (r1 - r0)
+        o = (bb * Hy + r0 + n - bb * (r1 - r0)) * row
+        for e in range(o, o + row):
+            v = yf[U(e)]
+            if act == 0:
+                dyf[U(e)] *= v * (one - v)
+            elif act == 1:
+                dyf[U(e)] *= one - v * v
+            elif act == 2:
+                if not v > zero:
+                    dyf[U(e)] = zero
+
+
+# ------------------------------------------------------------ dw, db
+
+@nb.njit(**_JIT)
+def _weights8(xf, dzf, dwf, dbf, B, Hx, Wx, C, Hy, Wo, M, k, s, x_row0, y_row0, i0, i1):
+    """C_out % 8 == 0: tiles of 8 weight rows x 8 maps, summed over the batch in order."""
+    kC = k * C
+    P = k * kC
+    xrow = Wx * C
+    xB = Hx * xrow
+    yB = Hy * Wo * M
+    P8 = P - P % 8
+    for n in nb.prange((i1 - i0) * Wo):
+        i = i0 + n // Wo
+        j = n - (n // Wo) * Wo
+        pos = (i - y_row0) * Wo + j
+        xo = (i * s - x_row0) * xrow + j * s * C
+        acc = nb.carray(_stack(64, np.float32), (8, 8))
+        dv = nb.carray(_stack(8, np.float32), (8,))
+        off = nb.carray(_stack(8, np.int64), (8,))
+        for m0 in range(0, M, 8):
+            zo = pos * M + m0
+            for p0 in range(0, P8, 8):
+                for rr in range(8):
+                    di = (p0 + rr) // kC
+                    off[rr] = xo + di * xrow + (p0 + rr - di * kC)
+                for rr in range(8):
+                    for mm in range(8):
+                        acc[rr, mm] = 0.0
+                for bb in range(B):
+                    for mm in range(8):
+                        dv[mm] = dzf[U(bb * yB + zo + mm)]
+                    for rr in range(8):
+                        a = xf[U(bb * xB + off[rr])]
+                        for mm in range(8):
+                            acc[rr, mm] += a * dv[mm]
+                for rr in range(8):
+                    wo = (pos * P + p0 + rr) * M + m0
+                    for mm in range(8):
+                        dwf[U(wo + mm)] = acc[rr, mm]
+            for p in range(P8, P + 1):  # the last rows of w one at a time; p == P is the bias
+                di = p // kC
+                o = xo + di * xrow + (p - di * kC)
+                for mm in range(8):
+                    acc[0, mm] = 0.0
+                for bb in range(B):
+                    a = xf[U(bb * xB + o)] if p < P else np.float32(1.0)
+                    for mm in range(8):
+                        acc[0, mm] += a * dzf[U(bb * yB + zo + mm)]
+                if p < P:
+                    wo = (pos * P + p) * M + m0
+                    for mm in range(8):
+                        dwf[U(wo + mm)] = acc[0, mm]
+                else:
+                    for mm in range(8):
+                        dbf[U(zo + mm)] = acc[0, mm]
+
+
+@nb.njit(**_JIT)
+def _weights_any(xf, dzf, dwf, dbf, B, Hx, Wx, C, Hy, Wo, M, k, s, x_row0, y_row0, i0, i1):
+    kC = k * C
+    P = k * kC
+    xrow = Wx * C
+    xB = Hx * xrow
+    yB = Hy * Wo * M
+    for n in nb.prange((i1 - i0) * Wo):
+        i = i0 + n // Wo
+        j = n - (n // Wo) * Wo
+        pos = (i - y_row0) * Wo + j
+        xo = (i * s - x_row0) * xrow + j * s * C
+        for m in range(M):
+            a = np.float32(0.0)
+            for bb in range(B):
+                a += dzf[U(bb * yB + pos * M + m)]
+            dbf[U(pos * M + m)] = a
+            for p in range(P):
+                di = p // kC
+                o = xo + di * xrow + (p - di * kC)
+                a = np.float32(0.0)
+                for bb in range(B):
+                    a += xf[U(bb * xB + o)] * dzf[U(bb * yB + pos * M + m)]
+                dwf[U((pos * P + p) * M + m)] = a
+
+
+# ------------------------------------------------------------------- dx
+
+@nb.njit(**_JIT)
+def _input8(wf, dzf, dxf, B, Hx, Wx, C, Hy, Wo, M, k, s, x_row0, y_row0, i0, i1, h0, h1, accumulate):
+    """C_out % 8 == 0.  Gathered per input element: ``dx[n, h, col, c]`` sums
+    ``dz[n, i, j, :] . w[i, j, h - i*s, col - j*s, c, :]`` over i, then j (ascending), in
+    8 lanes of maps that are added together once, at the end.  One thread per input row."""
+    kC = k * C
+    P = k * kC
+    xrow = Wx * C
+    xB = Hx * xrow
+    yB = Hy * Wo * M
+    B8 = B - B % 8
+    for hl in nb.prange(h0, h1):
+        h = x_row0 + hl
+        ilo = max(i0, (h - k + s) // s)  # ceil((h - k + 1) / s) for h - k + 1 > -s
+        ihi = min(i1 - 1, h // s)
+        acc = nb.carray(_stack(64, np.float32), (8, 8))
+        wv = nb.carray(_stack(8, np.float32), (8,))
+        for t in range(xrow):
+            col = t // C
+            c = t - col * C
+            jlo = max(0, (col - k + s) // s)
+            jhi = min(Wo - 1, col // s)
+            for b0 in range(0, B8, 8):
+                for rr in range(8):
+                    for mm in range(8):
+                        acc[rr, mm] = 0.0
+                for i in range(ilo, ihi + 1):
+                    di = h - i * s
+                    for j in range(jlo, jhi + 1):
+                        pos = (i - y_row0) * Wo + j
+                        wq = (pos * P + di * kC + (col - j * s) * C + c) * M
+                        for m0 in range(0, M, 8):
+                            for mm in range(8):
+                                wv[mm] = wf[U(wq + m0 + mm)]
+                            for rr in range(8):
+                                zo = (b0 + rr) * yB + pos * M + m0
+                                for mm in range(8):
+                                    acc[rr, mm] += dzf[U(zo + mm)] * wv[mm]
+                for rr in range(8):
+                    v = ((acc[rr, 0] + acc[rr, 4]) + (acc[rr, 2] + acc[rr, 6])) + \
+                        ((acc[rr, 1] + acc[rr, 5]) + (acc[rr, 3] + acc[rr, 7]))
+                    o = (b0 + rr) * xB + hl * xrow + t
+                    if accumulate:
+                        dxf[U(o)] += v
+                    else:
+                        dxf[U(o)] = v
+            for bb in range(B8, B):
+                for mm in range(8):
+                    acc[0, mm] = 0.0
+                for i in range(ilo, ihi + 1):
+                    di = h - i * s
+                    for j in range(jlo, jhi + 1):
+                        pos = (i - y_row0) * Wo + j
+                        wq = (pos * P + di * kC + (col - j * s) * C + c) * M
+                        zo = bb * yB + pos * M
+                        for m0 in range(0, M, 8):
+                            for mm in range(8):
+                                acc[0, mm] += dzf[U(zo + m0 + mm)] * wf[U(wq + m0 + mm)]
+                v = ((acc[0, 0] + acc[0, 4]) + (acc[0, 2] + acc[0, 6])) + \
+                    ((acc[0, 1] + acc[0, 5]) + (acc[0, 3] + acc[0, 7]))
+                o = bb * xB + hl * xrow + t
+                if accumulate:
+                    dxf[U(o)] += v
+                else:
+                    dxf[U(o)] = v
+
+
+@nb.njit(**_JIT)
+def _input_any(wf, dzf, dxf, B, Hx, Wx, C, Hy, Wo, M, k, s, x_row0, y_row0, i0, i1, h0, h1, accumulate):
+    kC = k * C
+    P = k * kC
+    xrow = Wx * C
+    xB = Hx * xrow
+    yB = Hy * Wo * M
+    for hl in nb.prange(h0, h1):
+        h = x_row0 + hl
+        ilo = max(i0, (h - k + s) // s)
+        ihi = min(i1 - 1, h // s)
+        for t in range(xrow):
+            col = t // C
+            c = t - col * C
+            jlo = max(0, (col - k + s) // s)
+            jhi = min(Wo - 1, col // s)
+            for bb in range(B):
+                v = np.float32(0.0)
+                for i in range(ilo, ihi + 1):
+                    di = h - i * s
+                    for j in range(jlo, jhi + 1):
+                        pos = (i - y_row0) * Wo + j
+                        wq = (pos * P + di * kC + (col - j * s) * C + c) * M
+                        zo = bb * yB + pos * M
+                        for m in range(M):
+                            v += dzf[U(zo + m)] * wf[U(wq + m)]
+                o = bb * xB + hl * xrow + t
+                if accumulate:
+                    dxf[U(o)] += v
+                else:
+                    dxf[U(o)] = v
+
+
+# ------------------------------------------------------- compiled signatures
+
+_F = nb.float32[::1]
+_I = nb.int64
+_GEOM = (_I,) * 13  # B, Hx, Wx, C, Hy, Wo, M, k, s, x_row0, y_row0, i0, i1
+_FORWARD = {fast: _Kernel(fn, (_F, _F, _F, _F) + _GEOM + (_I,))
+            for fast, fn in ((True, _forward8), (False, _forward_any))}
+_WEIGHTS = {fast: _Kernel(fn, (_F, _F, _F, _F) + _GEOM) for fast, fn in ((True, _weights8), (False, _weights_any))}
+_INPUT = {fast: _Kernel(fn, (_F, _F, _F) + _GEOM + (_I, _I, nb.boolean))
+          for fast, fn in ((True, _input8), (False, _input_any))}
+_ACT_BACKWARD = _Kernel(_act_backward, (_F, _F) + (_I,) * 7)
+
+
+# ------------------------------------------------------------------- API
+
+def output_size(n: int, k: int, stride: int) -> int:
+    """Outputs of a k-wide window at ``stride`` over ``n`` inputs, no padding: ``(n - k) // stride + 1``."""
+    return (n - k) // stride + 1
+
+
+def _flat(name: str, a: np.ndarray, ndim: int) -> np.ndarray:
+    if not isinstance(a, np.ndarray) or a.dtype != np.float32 or a.ndim != ndim or not a.flags.c_contiguous:
+        got = f"{a.dtype} {a.shape}{'' if a.flags.c_contiguous else ' non-contiguous'}" \
+            if isinstance(a, np.ndarray) else type(a).__name__
+        raise TypeError(f"{name}: expected a C-contiguous float32 array with {ndim} dimensions, got {got}")
+    return a.reshape(-1)
+
+
+def _expect(name: str, a: np.ndarray, shape: tuple) -> None:
+    if a.shape != shape:
+        raise ValueError(f"{name}: expected shape {shape}, got {a.shape}")
+
+
+def _geometry(x, y, w, k, stride, rows, x_row0, y_row0):
+    """Checks the band arithmetic; returns the kernel's 13 geometry ints."""
+    if k < 1 or stride < 1:
+        raise ValueError(f"need k >= 1 and stride >= 1, got k={k}, stride={stride}")
+    B, Hx, Wx, C = x.shape
+    _, Hy, Wo, M = y.shape
+    if y.shape[0] != B:
+        raise ValueError(f"batch: x has {B} examples, the output {y.shape[0]}")
+    if Wo != output_size(Wx, k, stride):
+        raise ValueError(f"width: {Wx} input columns give {output_size(Wx, k, stride)} outputs for "
+                         f"k={k}, stride={stride}, the output has {Wo}")
+    _expect("w", w, (Hy, Wo, k, k, C, M))
+    i0, i1 = (y_row0, y_row0 + Hy) if rows is None else (int(rows[0]), int(rows[1]))
+    if not y_row0 <= i0 <= i1 <= y_row0 + Hy:
+        raise ValueError(f"rows {(i0, i1)} outside the output band [{y_row0}, {y_row0 + Hy})")
+    if i1 > i0 and not (x_row0 <= i0 * stride and (i1 - 1) * stride + k <= x_row0 + Hx):
+        raise ValueError(f"output rows [{i0}, {i1}) read input rows [{i0 * stride}, {(i1 - 1) * stride + k}), "
+                         f"the x band holds [{x_row0}, {x_row0 + Hx})")
+    return B, Hx, Wx, C, Hy, Wo, M, k, stride, x_row0, y_row0, i0, i1
+
+
+def lc_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, k: int, stride: int,
+               activation: str, rows: tuple[int, int] | None = None, x_row0: int = 0, y_row0: int = 0) -> None:
+    """``y = act(LC(x; w) + b)`` for the output rows ``rows``, written into ``y``.
+
+    x: (batch, Hx, W, C_in) float32, input rows ``[x_row0, x_row0 + Hx)`` of the image.
+    w: (Hy, Wo, k, k, C_in, C_out), b: (Hy, Wo, C_out), y: (batch, Hy, Wo, C_out), all
+    float32, output rows ``[y_row0, y_row0 + Hy)`` of the layer.
+    rows: (i0, i1) full-layer output rows to compute (default all of y's); other rows of y
+    are left alone.  activation: one of :data:`~dbnet.kernels.activations.ACTIVATIONS`.
+    """
+    g = _geometry(x, y, w, k, stride, rows, x_row0, y_row0)
+    _expect("b", b, y.shape[1:])
+    _FORWARD[g[6] % 8 == 0](_flat("x", x, 4), _flat("w", w, 6), _flat("b", b, 3), _flat("y", y, 4), *g,
+                            _ACT[activation])
+
+
+def lc_activation_backward(dy: np.ndarray, y: np.ndarray, activation: str,
+                           rows: tuple[int, int] | None = None, y_row0: int = 0) -> None:
+    """In place, for the output rows ``rows``: ``dy *= act'`` from the layer's output ``y``, so
+    ``dy`` then holds dLoss/dz (z the pre-activation).  dy, y: (batch, Hy, Wo, C_out) float32."""
+    _expect("dy", dy, y.shape)
+    B, Hy, Wo, M = y.shape
+    i0, i1 = (y_row0, y_row0 + Hy) if rows is None else rows
+    if not y_row0 <= i0 <= i1 <= y_row0 + Hy:
+        raise ValueError(f"rows {(i0, i1)} outside the output band [{y_row0}, {y_row0 + Hy})")
+    if activation != "linear":
+        _ACT_BACKWARD(_flat("dy", dy, 4), _flat("y", y, 4), B, Hy, Wo, M, i0 - y_row0, i1 - y_row0,
+                      _ACT[activation])
+
+
+def lc_backward_weights(x: np.ndarray, dz: np.ndarray, dw: np.ndarray, db: np.ndarray, k: int, stride: int,
+                        rows: tuple[int, int] | None = None, x_row0: int = 0, y_row0: int = 0) -> None:
+    """``dw``, ``db`` of the output rows ``rows``, overwritten (other rows left alone).
+
+    dw[i, j] = sum_n patch(x[n], i, j) (x) dz[n, i, j], db[i, j] = sum_n dz[n, i, j], each sum
+    over the batch in order.  x: (batch, Hx, W, C_in) from input row ``x_row0``;
+    dz: (batch, Hy, Wo, C_out) = dLoss/dz; dw: (Hy, Wo, k, k, C_in, C_out); db: (Hy, Wo, C_out);
+    the last three from output row ``y_row0``.
+    """
+    g = _geometry(x, dz, dw, k, stride, rows, x_row0, y_row0)
+    _expect("db", db, dz.shape[1:])
+    _WEIGHTS[g[6] % 8 == 0](_flat("x", x, 4), _flat("dz", dz, 4), _flat("dw", dw, 6), _flat("db", db, 3), *g)
+
+
+def lc_backward_input(w: np.ndarray, dz: np.ndarray, dx: np.ndarray, k: int, stride: int,
+                      rows: tuple[int, int] | None = None, x_row0: int = 0, y_row0: int = 0,
+                      accumulate: bool = False) -> None:
+    """dx, the gradient with respect to the x band, from the output rows ``rows`` only.
+
+    dx: (batch, Hx, W, C_in) float32, input rows ``[x_row0, x_row0 + Hx)``.  With
+    ``accumulate=False`` the whole band is overwritten: rows that ``rows`` do not read
+    become 0.  With ``accumulate=True`` the contribution is added to dx, which the caller
+    initialised (e.g. the interior rows' call, or a neighbour's halo contribution).
+    Each element is a sum in fixed order computed by one thread (threads split the input
+    rows), so the result is deterministic and independent of the thread count.
+    w, dz: as in :func:`lc_backward_weights`.
+    """
+    B, Hx, Wx, C = dx.shape
+    g = _geometry(dx, dz, w, k, stride, rows, x_row0, y_row0)
+    i0, i1 = g[11], g[12]
+    h0, h1 = (i0 * stride - x_row0, (i1 - 1) * stride + k - x_row0) if i1 > i0 else (0, 0)
+    if not accumulate:
+        dx[:, :h0] = 0.0
+        dx[:, h1:] = 0.0
+    _INPUT[g[6] % 8 == 0](_flat("w", w, 6), _flat("dz", dz, 4), _flat("dx", dx, 4), *g, h0, h1, bool(accumulate))
+
+
+def lc_backward(x: np.ndarray, w: np.ndarray, y: np.ndarray, dy: np.ndarray, dw: np.ndarray, db: np.ndarray,
+                dx: np.ndarray | None, k: int, stride: int, activation: str,
+                rows: tuple[int, int] | None = None, x_row0: int = 0, y_row0: int = 0,
+                accumulate_dx: bool = False) -> None:
+    """Gradients of an LC layer for the output rows ``rows``, given ``dy = dLoss/dy``.
+
+    ``dy`` (rows ``rows``) is overwritten with dLoss/dz; then :func:`lc_backward_weights`
+    writes dw, db and, unless ``dx`` is None (the first layer), :func:`lc_backward_input`
+    writes dx (overwritten, or added to with ``accumulate_dx=True``).  Shapes and bands as in
+    :func:`lc_forward`; dy like y, dw like w, db like b, dx like x.
+    """
+    lc_activation_backward(dy, y, activation, rows, y_row0)
+    lc_backward_weights(x, dy, dw, db, k, stride, rows, x_row0, y_row0)
+    if dx is not None:
+        lc_backward_input(w, dy, dx, k, stride, rows, x_row0, y_row0, accumulate_dx)
