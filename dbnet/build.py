@@ -6,6 +6,7 @@ from pathlib import Path
 
 from dbnet.config import DataConfig, ModelConfig
 from dbnet.data import ensure_dataset
+from dbnet.errors import ConfigError
 from dbnet.model import NetSpec
 
 
@@ -17,5 +18,10 @@ def dataset_file(cfg: DataConfig) -> Path:
 
 
 def build_spec(cfg: ModelConfig, dataset) -> NetSpec:
-    """An MLP whose inputs and classes match ``dataset`` (anything with ``n_inputs`` and ``n_classes``)."""
-    return NetSpec.mlp(dataset.n_inputs, cfg.hidden, dataset.n_classes, cfg.activation)
+    """The network of ``cfg`` whose inputs and classes match ``dataset`` (anything with ``input_shape`` and
+    ``n_classes``).  Raises :class:`ConfigError` if the image layers do not fit the dataset's shape."""
+    shape = tuple(getattr(dataset, "input_shape", ())) or (dataset.n_inputs,)
+    try:
+        return NetSpec.build(shape, cfg.features, cfg.hidden, dataset.n_classes, cfg.activation)
+    except ValueError as e:
+        raise ConfigError(f"model: {e}") from None

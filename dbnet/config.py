@@ -48,6 +48,16 @@ def _nonneg(default):
     return _rule(lambda v: v >= 0, ">= 0", default=default)
 
 
+def _feature_ok(text) -> bool:
+    from dbnet.model import parse_feature
+
+    try:
+        parse_feature(str(text), (1 << 20, 1 << 20, 1), "relu")
+    except ValueError:
+        return False
+    return True
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Naming and seeding."""
@@ -71,7 +81,15 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """A fully connected network: inputs and classes come from the dataset."""
+    """Optional image layers, then a fully connected network; inputs and classes come from the dataset.
+
+    ``features``: image layers in order, e.g. ``["local 5 16", "maxpool 2", "local 5 32", "maxpool 2"]``
+    (see :func:`dbnet.model.parse_feature`); they need a dataset with an image shape.
+    """
+
+    features: tuple[str, ...] = _rule(lambda v: all(_feature_ok(f) for f in v),
+                                      "a list like [\"local 5 16\", \"maxpool 2\"]: 'local K MAPS [stride S]', "
+                                      "'maxpool K [stride S]', 'avgpool K [stride S]'", default=())
 
     hidden: tuple[int, ...] = _rule(lambda v: all(h > 0 for h in v), "a list of positive sizes", default=(256,))
     activation: str = _choice("sigmoid", "tanh", "relu", default="relu")
@@ -122,7 +140,7 @@ class TopologyConfig:
 
     shards: int = _positive(1)
     replicas: int = _positive(1)
-    partitions: int = _rule(lambda v: v == 1, "1 (model parallelism is not implemented yet)", default=1)
+    partitions: int = _positive(1)  # ranks per model replica (model parallelism)
 
 
 
@@ -234,8 +252,8 @@ class Config:
 
     @property
     def distributed(self) -> bool:
-        """True for algorithms that run under MPI."""
-        return self.train.algorithm != "sgd"
+        """True for runs under MPI: distributed algorithms, and SGD on a replica split into partitions."""
+        return self.train.algorithm != "sgd" or self.topology.partitions > 1
 
     def replace(self, **sections) -> Config:
         return dataclasses.replace(self, **sections)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dbnet.model import Network
+from dbnet.network import Network
 
 
 def evaluate(net: Network, params: np.ndarray, test, batch_size: int, max_examples: int = 0) -> tuple[float, float]:

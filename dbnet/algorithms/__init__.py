@@ -22,28 +22,39 @@ from typing import Callable
 @dataclass(frozen=True)
 class Algorithm:
     name: str
-    distributed: bool
-    module: str  # holds run()
-    world_size: Callable  # (Config) -> MPI ranks, coordinator included
+    module: str  # holds the entry points
+    layout: Callable  # (Config) -> (shards, replicas, partitions): the ranks' roles
     about: str
+    single: str | None = None  # entry point run(cfg, rd, resume, progress) in one process, if it has one
+    mpi: str | None = "run"    # entry point run(job) on every rank under MPI
+
+    def world_size(self, cfg) -> int:
+        from dbnet.topology import world_size
+
+        return world_size(*self.layout(cfg))
 
     @property
     def run(self) -> Callable:
-        return importlib.import_module(self.module).run
+        """The single-process entry point, else the MPI one."""
+        return getattr(importlib.import_module(self.module), self.single or self.mpi)
+
+    @property
+    def run_mpi(self) -> Callable:
+        return getattr(importlib.import_module(self.module), self.mpi)
 
 
-def _ps_ranks(cfg) -> int:
+def _ps_layout(cfg) -> tuple[int, int, int]:
     """Replicas x partitions + shards (the parameter-server methods)."""
-    from dbnet.topology import world_size
-
     t = cfg.topology
-    return world_size(t.shards, t.replicas, t.partitions)
+    return t.shards, t.replicas, t.partitions
 
 
 REGISTRY: dict[str, Algorithm] = {
     a.name: a for a in (
-        Algorithm("sgd", False, "dbnet.algorithms.sgd", lambda cfg: 1, "single-process minibatch SGD"),
-        Algorithm("downpour", True, "dbnet.algorithms.downpour", _ps_ranks,
+        Algorithm("sgd", "dbnet.algorithms.sgd", lambda cfg: (0, 1, cfg.topology.partitions),
+                  "minibatch SGD on one replica: one process, or P model partitions under MPI",
+                  single="run", mpi="run_partitioned"),
+        Algorithm("downpour", "dbnet.algorithms.downpour", _ps_layout,
                   "Downpour SGD on the sharded parameter server (Dean et al. 2012)"),
     )
 }
@@ -54,5 +65,5 @@ def get(name: str) -> Algorithm:
 
 
 def world_size(cfg) -> int:
-    """MPI ranks that ``cfg`` needs (1 for single-process algorithms)."""
+    """MPI ranks that ``cfg`` needs (1 for single-process runs)."""
     return get(cfg.train.algorithm).world_size(cfg)

@@ -26,7 +26,7 @@ import numpy as np
 from dbnet.data import H5Dataset
 from dbnet.errors import TrainingDiverged
 from dbnet.kernels import updates
-from dbnet.model import Network
+from dbnet.network import Network
 from dbnet.mpi import barrier
 from dbnet.ps import PSClient, PSWindows, service
 from dbnet.ps.transport import OverlapTransport, SyncTransport

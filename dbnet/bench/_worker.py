@@ -27,7 +27,8 @@ def dbnet_step(sizes: tuple[int, ...], batch: int):
     import numpy as np
 
     from dbnet.config import OptimizerConfig
-    from dbnet.model import Network, NetSpec, init_params
+    from dbnet.model import NetSpec, init_params
+    from dbnet.network import Network
     from dbnet.optim import UpdateRule
 
     spec = NetSpec.mlp(sizes[0], list(sizes[1:-1]), sizes[-1], "sigmoid")

@@ -75,3 +75,58 @@ def softmax_cross_entropy(
     else:
         _softmax_xent(z, labels, dz, row_loss[:n], row_hit[:n], 1.0 / n)
     return float(row_loss[:n].sum()), int(row_hit[:n].sum())
+
+
+# -- the softmax over classes split across model partitions (no logits gathered) -----------------------
+# Partition p holds logits z (batch, u) of classes [u0, u0 + u).  The caller reduces between phases:
+#   1. split_max:  red[0] = row max, red[1] = first argmax (global class)      -> Allreduce MAX of red[0]
+#   2. split_sums: red[1] = candidate argmax (u0+j if this part holds the max, else n_classes: MIN-reduce),
+#                  red[2] = sum exp(z - max), red[3] = z[label] if held here (else 0)  -> MIN / SUM
+#   3. split_grad: dz = (softmax - onehot) * scale, row_loss, row_hit.
+# With one partition the result equals softmax_cross_entropy's up to rounding (same float64 sums).
+
+@nb.njit(**_JIT)
+def split_max(z, red):
+    """red[0, i] = max_j z[i, j] (-inf when this partition holds no class).  z: (n, u) float32; red: (4, >=n) f64."""
+    n, u = z.shape
+    for i in nb.prange(n):
+        m = -np.inf
+        for j in range(u):
+            if z[i, j] > m:
+                m = z[i, j]
+        red[0, i] = m
+
+
+@nb.njit(**_JIT)
+def split_sums(z, labels, u0, n_classes, red):
+    """After the MAX reduction of red[0]: fills red[1] (argmax candidate), red[2] (sum of exp), red[3] (label logit)."""
+    n, u = z.shape
+    for i in nb.prange(n):
+        m = red[0, i]
+        arg = n_classes
+        s = 0.0
+        for j in range(u):
+            if arg == n_classes and z[i, j] == m:
+                arg = u0 + j
+            s += np.exp(z[i, j] - m)
+        red[1, i] = arg
+        red[2, i] = s
+        lab = labels[i] - u0
+        red[3, i] = z[i, lab] if 0 <= lab < u else 0.0
+
+
+@nb.njit(**_JIT)
+def split_grad(z, labels, u0, dz, red, row_loss, row_hit, scale):
+    """After MIN of red[1] and SUM of red[2:4]: loss and hits per row, and dz (may be z) unless dz is empty."""
+    n, u = z.shape
+    for i in nb.prange(n):
+        m, s = red[0, i], red[2, i]
+        row_loss[i] = np.log(s) - (red[3, i] - m)
+        row_hit[i] = 1 if int(red[1, i]) == labels[i] else 0
+        if dz.shape[0]:
+            inv = scale / s
+            lab = labels[i] - u0
+            for j in range(u):
+                dz[i, j] = np.float32(np.exp(z[i, j] - m) * inv)
+            if 0 <= lab < u:
+                dz[i, lab] -= np.float32(scale)

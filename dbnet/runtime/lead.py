@@ -36,7 +36,7 @@ from dbnet.errors import DbnetError
 from dbnet.evaluate import evaluate
 from dbnet.loop import Every, Limits
 from dbnet.metrics import Metrics
-from dbnet.model import Network
+from dbnet.network import Network
 from dbnet.mpi import WaitTimeout
 from dbnet.runtime.control import Field, RankState
 from dbnet.topology import Role

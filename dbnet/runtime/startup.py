@@ -66,8 +66,10 @@ def _role_of(payload: dict, rank: int) -> str:
     try:
         from dbnet.topology import rank_layout
 
-        t = config_mod.from_toml_text(payload["config"]).topology
-        roles = rank_layout(t.shards, t.replicas, t.partitions)
+        from dbnet.algorithms import get
+
+        cfg = config_mod.from_toml_text(payload["config"])
+        roles = rank_layout(*get(cfg.train.algorithm).layout(cfg))
         return roles[rank].describe() if rank < len(roles) else ""
     except BaseException:  # noqa: BLE001
         return ""
@@ -108,13 +110,12 @@ def _rank0(config_path, overrides, resume_dir, size: int, state: dict) -> dict:
             cfg = config_mod.load(config_path, overrides)
             rd = None
         algo = algorithms.get(cfg.train.algorithm)
-        if not algo.distributed:
-            raise ConfigError(f"train.algorithm = {cfg.train.algorithm!r} runs in one process: "
-                              f"run it without mpiexec/srun (dbnet train CONFIG)")
+        if not cfg.distributed:
+            raise ConfigError(f"train.algorithm = {cfg.train.algorithm!r} with topology.partitions = 1 runs in one "
+                              f"process: run it without mpiexec/srun (dbnet train CONFIG)")
         need = algo.world_size(cfg)
         if size != need:
-            t = cfg.topology
-            raise ConfigError(size_error(t.shards, t.replicas, t.partitions, False, size))
+            raise ConfigError(size_error(*algo.layout(cfg), False, size))
         data_path = str(dataset_file(cfg.data))
         with H5Dataset(data_path, "test") as test:
             spec = build_spec(cfg.model, test)
@@ -127,14 +128,20 @@ def _rank0(config_path, overrides, resume_dir, size: int, state: dict) -> dict:
                               f"({n_train // cfg.topology.replicas} examples) holds no full batch")
         from mpi4py import MPI
 
-        if cfg.comm.overlap and MPI.Query_thread() < MPI.THREAD_MULTIPLE:
+        if algo.name != "sgd" and cfg.comm.overlap and MPI.Query_thread() < MPI.THREAD_MULTIPLE:
             raise ConfigError(f"this MPI library gives thread level {MPI.Query_thread()}, below MPI_THREAD_MULTIPLE, "
                               f"which comm.overlap needs (a communication thread beside the main one): "
                               f"set comm.overlap = false")
         if cfg.topology.shards > spec.n_params:
             raise ConfigError(f"topology.shards = {cfg.topology.shards}: more shards than the model's "
                               f"{spec.n_params} parameters")
-        resume = _resume_state(cfg, ck, n_batches, n_train) if ck is not None else {}
+        if ck is None:
+            resume = {}
+        elif algo.name == "sgd":  # one replica: the loop state in the checkpoint is all it needs
+            resume = {"path": str(ck.path), "examples": ck.loop.examples_seen, "steps": ck.loop.step,
+                      "wall_seconds": ck.loop.wall_seconds}
+        else:
+            resume = _resume_state(cfg, ck, n_batches, n_train)
         if rd is None:
             rd = RunDir.create(cfg)  # last: a failed check leaves no empty run directory behind
         state.update(rd=rd, checkpoint=ck)
@@ -188,8 +195,8 @@ def _run(payload: dict, state: dict | None, quiet: bool) -> int:
 
     install_signal_handlers()
     cfg = config_mod.from_toml_text(payload["config"])
-    t = cfg.topology
-    topo = build_topology(MPI.COMM_WORLD, t.shards, t.replicas, t.partitions)
+    algo = algorithms.get(cfg.train.algorithm)
+    topo = build_topology(MPI.COMM_WORLD, *algo.layout(cfg))
     set_threads(per_rank(topo.comm, cfg.run.threads))
     with H5Dataset(payload["data"], "test") as test:
         spec = build_spec(cfg.model, test)
@@ -207,7 +214,7 @@ def _run(payload: dict, state: dict | None, quiet: bool) -> int:
         progress.log(f"resuming {job.rd.path} from {job.resume.path} ({job.resume.examples} examples)")
         if job.resume.note:
             progress.log(f"dbnet: note: {job.resume.note}")
-    summary = algorithms.get(cfg.train.algorithm).run(job)
+    summary = algo.run_mpi(job)
     control.free()
     code = 0
     if lead:
