@@ -1,8 +1,10 @@
 """MPI unit tests of the parameter-server protocol, run as ``mpiexec -n 3 python tests/mpi_ps_protocol.py CASE``.
 
 World: replicas 0 and 1 (ranks 0, 1) and one shard (rank 2), or with
-``-n 4`` two shards.  No runtime, no data: the windows, the shard server
-and the client only, with a tiny parameter vector and hand-made gradients.
+``-n 4`` two shards; the ``part-*`` cases make ranks 0 and 1 the two
+partitions of one replica instead, each with its own range of the vector.
+No runtime, no data: the windows, the shard server and the client only,
+with a tiny parameter vector and hand-made gradients.
 Every rank ends with the same verdict (``allreduce`` of failures) and
 prints ``PASS CASE`` on rank 0; any failure exits non-zero.
 """
@@ -25,11 +27,21 @@ N = 1003  # odd: uneven slices
 TIMEOUT = 30.0
 
 
-def setup(rule: str, slots: int, snapshot_seconds: float = 5.0, lr: float = 0.1, zero: bool = False):
+def cut(layouts) -> int:
+    """Where partition 1 starts: a third into the last shard (which the two partitions then share; the
+    other shards are partition 0's alone), so the two ranges have uneven sizes."""
+    last = layouts[-1]
+    return last.lo + last.n // 3
+
+
+def setup(rule: str, slots: int, snapshot_seconds: float = 5.0, lr: float = 0.1, zero: bool = False,
+          partitions: int = 1):
+    """Two clients and size - 2 shards: replicas 0 and 1, or (``partitions=2``) the two partitions of
+    replica 0, partition 0 owning ``[0, cut)`` and partition 1 ``[cut, N)``."""
     MPI = mpi.init()
     world = MPI.COMM_WORLD
     shards = world.Get_size() - 2
-    topo = build_topology(world, shards, 2)
+    topo = build_topology(world, shards, 2 // partitions, partitions)
     urule = UpdateRule(OptimizerConfig(rule=rule, lr=lr))
     windows = PSWindows(topo, N, len(urule.state_names), slots)
     topo.comm.Barrier()
@@ -39,8 +51,13 @@ def setup(rule: str, slots: int, snapshot_seconds: float = 5.0, lr: float = 0.1,
         L = windows.layout
         server = ShardServer(windows, urule, init[L.lo: L.hi], None, 0, apply_chunk=100,
                              snapshot_seconds=snapshot_seconds)
-    else:
+    elif partitions == 1:
         client = PSClient(windows, topo.me.replica_id, TIMEOUT)
+    else:
+        p = topo.me.partition_id
+        c = cut(windows.layouts)
+        lo, hi = (0, c) if p == 0 else (c, N)
+        client = PSClient(windows, windows.client_of(topo.me.replica_id, p), TIMEOUT, lo, hi)
     topo.comm.Barrier()
     return MPI, topo, urule, windows, server, client, init
 
@@ -244,11 +261,121 @@ def case_snapshot_consistent() -> list[str]:
     return errors, topo, windows
 
 
+def touching(windows, lo: int, hi: int) -> list[int]:
+    """The shards whose slice meets [lo, hi) (computed here independently of the client)."""
+    return [k for k, L in enumerate(windows.layouts) if max(L.lo, lo) < min(L.hi, hi)]
+
+
+def case_part_exact(rule: str) -> list[str]:
+    """One replica in two partitions, each fetching and pushing only its own range (the last shard holds
+    some of both) K times with read_own_writes and no drain: every fetch sees exactly the partition's own
+    previous pushes, and at the end parameters and optimizer state equal the rule applied to the whole
+    vector in one process, bit for bit.  Each shard counts only the pushes that reach it, and their
+    staleness (per range: the other partition's pushes do not count) is 0."""
+    MPI, topo, urule, windows, server, client, init = setup(rule, slots=2, partitions=2)
+    K = 20
+    errors = []
+    if server is not None:
+        serve_until(topo, server, topo.comm.Ibarrier())
+        if server.staleness[0] != server.version:
+            errors.append(f"staleness {server.staleness.tolist()} for {server.version} pushes, expected all 0")
+    else:
+        lo, hi = client.lo, client.hi
+        mine = touching(windows, lo, hi)
+        if client.shards != mine:
+            errors.append(f"client of [{lo}, {hi}) talks to shards {client.shards}, expected {mine}")
+        w, state = init.copy(), urule.init_state(N)  # the single-process reference
+        got = np.empty(hi - lo, np.float32)
+        for k in range(K):
+            base = client.fetch(got)
+            if len(base) != len(mine):
+                errors.append(f"fetch returned {len(base)} versions for {len(mine)} shards")
+            if not np.array_equal(got, w[lo:hi]):
+                errors.append(f"fetch {k} of [{lo}, {hi}) is not the partition's {k} pushes applied")
+                break
+            client.push(grads(0, k)[lo:hi], base)
+            urule.apply(w, grads(0, k), state)
+        client.drain()
+        if [client.seq[k] for k in range(topo.shards)] != [K if k in mine else 0 for k in range(topo.shards)]:
+            errors.append(f"pushes per shard {client.seq}")
+        for k in range(topo.shards):
+            if k not in mine and windows.ctrl.read(topo.shard_ranks[k], windows.layouts[k].applied(client.r)):
+                errors.append(f"shard {k} consumed a push of client {client.r}, whose range misses it")
+        topo.group.Barrier()  # both partitions' pushes applied
+        if topo.is_lead:
+            full = np.empty(N, np.float32)
+            states = {n: np.empty(N, np.float32) for n in urule.state_names}
+            versions = client.snapshot(full, states, urule.state_names)
+            c = cut(windows.layouts)
+            expect = [K * ((k in touching(windows, 0, c)) + (k in touching(windows, c, N)))
+                      for k in range(topo.shards)]
+            if versions != expect:
+                errors.append(f"versions {versions}, expected {expect}")
+            if not np.array_equal(full, w):
+                errors.append(f"{rule}: params differ from single-process by up to {np.abs(full - w).max()}")
+            for n in urule.state_names:
+                if not np.array_equal(states[n], state[n]):
+                    errors.append(f"{rule}: state {n} differs")
+        topo.comm.Ibarrier().Wait()
+    topo.comm.Barrier()
+    return errors, topo, windows
+
+
+def case_part_touch() -> list[str]:
+    """Through a pool of ONE slot per shard, partition 0 pushes once (its part of the shared shard's slot
+    then holds its gradient), then partition 1 pushes 30 times: the shards outside partition 1's range
+    never see it (VERSION and its APPLIED count unchanged, no slot claimed), and the shared shard applies
+    partition 1's pushes to partition 1's part only (partition 0's stale data in the slot is not re-applied)."""
+    MPI, topo, urule, windows, server, client, init = setup("sgd", slots=1, lr=0.125, zero=True, partitions=2)
+    errors = []
+    if server is not None:
+        serve_until(topo, server, topo.comm.Ibarrier())
+    else:
+        p, n = topo.me.partition_id, client.n
+        if p == 0:
+            client.push(np.ones(n, np.float32), [0] * len(client.shards))
+            client.drain()
+        topo.group.Barrier()
+        versions_before = [windows.ctrl.read(rank, Ctrl.VERSION) for rank in topo.shard_ranks]
+        topo.group.Barrier()
+        if p == 1:
+            for _ in range(30):
+                client.push(np.full(n, 2, np.float32), [0] * len(client.shards))
+            client.drain()
+            if client.bytes_pushed != 30 * 4 * n:
+                errors.append(f"{client.bytes_pushed} bytes pushed, expected {30 * 4 * n}")
+        topo.group.Barrier()
+        versions = [windows.ctrl.read(rank, Ctrl.VERSION) for rank in topo.shard_ranks]
+        if p == 1:
+            for k, rank in enumerate(topo.shard_ranks):
+                L = windows.layouts[k]
+                if k in client.shards:
+                    if versions[k] != versions_before[k] + 30:
+                        errors.append(f"shard {k}: version {versions_before[k]} -> {versions[k]}, expected +30")
+                    continue
+                if versions[k] != versions_before[k]:
+                    errors.append(f"shard {k} (outside [{client.lo}, {client.hi})): version "
+                                  f"{versions_before[k]} -> {versions[k]}")
+                if windows.ctrl.read(rank, L.applied(client.r)) or client.seq[k]:
+                    errors.append(f"shard {k} (outside [{client.lo}, {client.hi})) got a push")
+        w = np.empty(n, np.float32)
+        client.fetch(w, own_writes=False)
+        expect = np.float32(-0.125 if p == 0 else -0.125 * 2 * 30)
+        if not (w == expect).all():
+            errors.append(f"partition {p}'s params {np.unique(w)[:5]}, expected all {expect}")
+        topo.comm.Ibarrier().Wait()
+    topo.comm.Barrier()
+    return errors, topo, windows
+
+
 def main(case: str) -> int:
     cases = {"exact-sgd": lambda: case_exact("sgd"), "exact-momentum": lambda: case_exact("momentum"),
              "exact-adagrad": lambda: case_exact("adagrad"), "stalled-claim": case_stalled_claim,
              "nan-rejected": case_nan_rejected, "snapshot-broken": case_snapshot_broken,
-             "concurrent": case_concurrent, "snapshot-consistent": case_snapshot_consistent}
+             "concurrent": case_concurrent, "snapshot-consistent": case_snapshot_consistent,
+             "part-exact-sgd": lambda: case_part_exact("sgd"),
+             "part-exact-momentum": lambda: case_part_exact("momentum"),
+             "part-exact-adagrad": lambda: case_part_exact("adagrad"), "part-touch": case_part_touch}
     errors, topo, windows = cases[case]()
     everyone = topo.comm.allgather(errors)
     windows.free()

@@ -8,6 +8,16 @@ window memory, and calls MPI between chunks: on MPI libraries whose
 passive-target operations progress only when the target calls MPI (MPICH
 without a progress thread) a replica's fetch then waits at most one chunk.
 
+A push covers the part ``[LO, HI)`` of the slice that its client's range
+holds (a partition's, or all of it); the shard applies it there only.  The
+update rules are element-wise, so applying on a sub-range, in chunks, gives
+the bits that applying on the whole would give.
+
+Staleness: a push fetched its parameters at shard version ``BASE_VERSION``;
+its staleness is the number of pushes to the **same range** that the shard
+applied since (with one partition per replica, simply ``VERSION - BASE``).
+Pushes of another partition update disjoint parameters and do not count.
+
 Fetches may see a partly applied update ("no locks, no versions", as in
 DistBelief); each float is written whole.  A checkpoint's read is
 consistent: the shard pauses its updates while the lead reads (and only the
@@ -18,6 +28,7 @@ goes on and the read is void).
 from __future__ import annotations
 
 import time
+from collections import deque
 
 import numpy as np
 
@@ -52,6 +63,8 @@ class ShardServer:
         self.version = version
         self.rejected = 0
         self.staleness = np.zeros(STALENESS_BINS, np.int64)
+        # per range pushed to: the versions of its last STALENESS_BINS - 1 applied pushes (enough for the bins)
+        self._applied_at: dict[tuple[int, int], deque] = {}
         self.apply_seconds = 0.0
         self.snapshots = self.snapshots_broken = 0
         self.params[:] = params
@@ -68,7 +81,7 @@ class ShardServer:
         self.comm.Iprobe()
 
     def serve_once(self) -> bool:
-        """Apply every FULL inbox slot (each replica's pushes in order) and answer a snapshot request.
+        """Apply every FULL inbox slot (each client's pushes in order) and answer a snapshot request.
 
         Returns True if it did anything.  Calls MPI on every pass (progress for MPICH).
         """
@@ -89,29 +102,41 @@ class ShardServer:
         if len(full) > 1:
             full = sorted(full, key=lambda j: (int(fields[j, SlotField.OWNER]), int(fields[j, SlotField.SEQ])))
         for j in full:
-            self._apply_slot(int(j), int(fields[j, SlotField.OWNER]), int(fields[j, SlotField.BASE_VERSION]))
+            f = fields[j]
+            self._apply_slot(int(j), int(f[SlotField.OWNER]), int(f[SlotField.BASE_VERSION]),
+                             int(f[SlotField.LO]), int(f[SlotField.HI]))
         return bool(len(full))
 
-    def _apply_slot(self, j: int, owner: int, base: int) -> None:
+    def _apply_slot(self, j: int, owner: int, base: int, lo: int, hi: int) -> None:
+        """Apply slot ``j``'s gradient to ``[lo, hi)`` of the slice (slice-relative), or reject it."""
         L, ctrl, me = self.L, self.w.ctrl, self.me
-        self.w.data.sync()  # the gradient the replica put is visible to our loads
-        g = self.inbox[j]
+        self.w.data.sync()  # the gradient the client put is visible to our loads
         t0 = time.perf_counter()
-        if count_nonfinite(g):
+        if not 0 <= lo <= hi <= L.n or count_nonfinite(self.inbox[j][lo:hi]):
             self.rejected += 1
             ctrl.write(me, Ctrl.REJECTED, self.rejected)
         else:
-            stale = self.version - base  # updates applied since the replica fetched the parameters it used
-            self.staleness[min(max(stale, 0), STALENESS_BINS - 1)] += 1
-            for lo in range(0, L.n, self.apply_chunk):
-                hi = min(lo + self.apply_chunk, L.n)
-                self.rule.apply(self.params[lo:hi], g[lo:hi], {k: v[lo:hi] for k, v in self.state.items()})
+            g = self.inbox[j]
+            self.staleness[self._stale(base, lo, hi)] += 1
+            for a in range(lo, hi, self.apply_chunk):
+                b = min(a + self.apply_chunk, hi)
+                self.rule.apply(self.params[a:b], g[a:b], {k: v[a:b] for k, v in self.state.items()})
                 self._progress()
             self.version += 1
             ctrl.write(me, Ctrl.VERSION, self.version)
         self.apply_seconds += time.perf_counter() - t0
         ctrl.add(me, L.applied(owner), 1)
         ctrl.write(me, L.slot_field(j, SlotField.STATE), SlotState.FREE)
+
+    def _stale(self, base: int, lo: int, hi: int) -> int:
+        """The staleness bin of a push to ``[lo, hi)`` fetched at version ``base``, which is about to become
+        version ``self.version + 1``: the pushes to that range applied after the fetch (>= 64 in the last bin)."""
+        seen = self._applied_at.get((lo, hi))
+        if seen is None:
+            seen = self._applied_at[(lo, hi)] = deque(maxlen=STALENESS_BINS - 1)
+        stale = sum(1 for v in seen if v > base)  # seen holds at most 64 versions
+        seen.append(self.version + 1)
+        return stale
 
     def _snapshot(self) -> None:
         """Pause updates while the lead reads params, state and version (bounded by ``snapshot_seconds``)."""

@@ -1,4 +1,9 @@
-"""How a replica moves parameters and gradients: in its training thread, or overlapped.
+"""How a replica (partition) moves parameters and gradients: in its training thread, or overlapped.
+
+A transport serves one :class:`~dbnet.ps.client.PSClient`: its buffers are
+the client's range, ``client.n = hi - lo`` floats (the whole vector for a
+replica with one partition), and the versions it keeps are the client's
+(one per shard in ``client.shards``).
 
 Both transports share one interface, used by Downpour (and later EASGD async):
 
@@ -43,7 +48,7 @@ class _Transport:
         self.comm = comm
         self.n_fetch = n_fetch
         self.fetched_at = -1          # the step of the last fetch
-        self.base: list[int] = []     # the shard versions the parameters in use were fetched at
+        self.base: list[int] = []     # the versions (of client.shards) the parameters in use were fetched at
         self.examples_total = 0       # the job's examples as of the last push
 
     @property
@@ -80,6 +85,10 @@ class SyncTransport(_Transport):
 
 class OverlapTransport(_Transport):
     def __init__(self, client: PSClient, report, stopped, n_fetch: int, n_params: int, timeout: float):
+        """``n_params``: the length of the client's range (``client.n``; all parameters for a whole replica)."""
+        if n_params != client.n:
+            raise ValueError(f"n_params must be the client's range length {client.n} "
+                             f"([{client.lo}, {client.hi})), got {n_params}")
         # A transfer may wait up to `timeout` on each shard; the training thread waits longer than that,
         # so a slow shard surfaces as the transfer's own WaitTimeout, naming the shard.
         super().__init__(client, report, stopped, n_fetch, CommThread(timeout * (client.topo.shards + 2)))
