@@ -73,7 +73,7 @@ def test_clients_and_ctrl_size():
     assert [client_id(r, p, 3) for r in range(2) for p in range(3)] == list(range(6))
     with pytest.raises(ValueError, match="partition"):
         client_id(0, 3, 3)
-    L = shard_layouts(100, 2, 1, 4, 2 * 3)[1]  # R=2 replicas x P=3 partitions: 6 clients
+    L = shard_layouts(100, 2, 1, 4, replicas=2, partitions=3)[1]  # 6 clients
     assert L.ctrl_size == 8 + SLOT_FIELDS * 4 + 6
     assert L.applied(5) == L.ctrl_size - 1
     assert L.slot_field(3, SlotField.HI) == 8 + 3 * SLOT_FIELDS + SlotField.HI < L.applied(0)

@@ -136,7 +136,10 @@ class ShardLayout:
         return 4 * self.data_size + 8 * self.ctrl_size
 
 
-def shard_layouts(n_params: int, shards: int, n_state: int, slots: int, clients: int) -> list[ShardLayout]:
+def shard_layouts(n_params: int, shards: int, n_state: int, slots: int, replicas: int,
+                  partitions: int = 1) -> list[ShardLayout]:
+    """Every shard's layout; the clients are the ``replicas x partitions`` replica partitions."""
+    clients = replicas * partitions
     return [ShardLayout(s.start, s.stop - s.start, n_state, slots, clients) for s in shard_slices(n_params, shards)]
 
 

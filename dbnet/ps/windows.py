@@ -27,7 +27,7 @@ class PSWindows:
         self.topo = topo
         self.n_params = n_params
         self.clients = topo.replicas * topo.partitions
-        self.layouts = shard_layouts(n_params, topo.shards, n_state, slots, self.clients)
+        self.layouts = shard_layouts(n_params, topo.shards, n_state, slots, topo.replicas, topo.partitions)
         mine = self.layouts[topo.me.shard_id] if topo.role is Role.SHARD else None
         self.layout: ShardLayout | None = mine
         self.data = Window(topo.comm, mine.data_size if mine else 0, np.float32)
