@@ -368,6 +368,61 @@ def case_part_touch() -> list[str]:
     return errors, topo, windows
 
 
+def case_part_transport() -> list[str]:
+    """Both transports drive a partition's client with buffers of its range only (n = hi - lo): the
+    in-thread one with read_own_writes trains exactly as single-process SGD (each step's parameters are
+    the reference's, bit for bit); the overlapped one loses no push (integer gradients, lr 1/8: exact)."""
+    from dbnet.ps.transport import OverlapTransport, SyncTransport
+
+    MPI, topo, urule, windows, server, client, init = setup("sgd", slots=2, lr=0.125, zero=True, partitions=2)
+    errors = []
+    if server is not None:
+        serve_until(topo, server, topo.comm.Ibarrier())
+    else:
+        lo, hi, n = client.lo, client.hi, client.n
+        examples = []
+
+        def report(k: int, step: int) -> int:
+            examples.append(k)
+            return sum(examples)
+
+        sync = SyncTransport(client, report, lambda: False, n_fetch=1, read_own_writes=True)
+        ref, buf, steps = np.zeros(N, np.float32), np.empty(n, np.float32), 8
+        for step in range(steps):
+            w = sync.params_for(step, buf)
+            if not np.array_equal(w, ref[lo:hi]):
+                errors.append(f"SyncTransport step {step}: parameters are not the reference's")
+                break
+            g = np.floor(8 * grads(0, step))  # integers: every sum is exact in float32
+            sync.push(g[lo:hi].copy(), 1, step)
+            ref -= np.float32(0.125) * g
+        sync.finish()
+        client.drain()
+        ov = OverlapTransport(client, report, lambda: False, 2, n, TIMEOUT)
+        w, g = np.empty(n, np.float32), np.empty(n, np.float32)
+        for step in range(steps, 3 * steps):
+            w = ov.params_for(step, w)
+            g[:] = np.arange(n) % 5 - 2
+            g = ov.push(g, 1, step)
+            ref[lo:hi] -= np.float32(0.125) * (np.arange(n) % 5 - 2).astype(np.float32)
+        ov.finish()
+        client.drain()
+        if len(examples) != 3 * steps:
+            errors.append(f"{len(examples)} pushes reported, expected {3 * steps}")
+        got = np.empty(n, np.float32)
+        client.fetch(got)
+        if not np.array_equal(got, ref[lo:hi]):
+            errors.append(f"after OverlapTransport: params differ by up to {np.abs(got - ref[lo:hi]).max()}")
+        try:
+            OverlapTransport(client, report, lambda: False, 2, N, TIMEOUT)
+            errors.append("OverlapTransport took n_params != the client's range length")
+        except ValueError:
+            pass
+        topo.comm.Ibarrier().Wait()
+    topo.comm.Barrier()
+    return errors, topo, windows
+
+
 def main(case: str) -> int:
     cases = {"exact-sgd": lambda: case_exact("sgd"), "exact-momentum": lambda: case_exact("momentum"),
              "exact-adagrad": lambda: case_exact("adagrad"), "stalled-claim": case_stalled_claim,
@@ -375,7 +430,8 @@ def main(case: str) -> int:
              "concurrent": case_concurrent, "snapshot-consistent": case_snapshot_consistent,
              "part-exact-sgd": lambda: case_part_exact("sgd"),
              "part-exact-momentum": lambda: case_part_exact("momentum"),
-             "part-exact-adagrad": lambda: case_part_exact("adagrad"), "part-touch": case_part_touch}
+             "part-exact-adagrad": lambda: case_part_exact("adagrad"), "part-touch": case_part_touch,
+             "part-transport": case_part_transport}
     errors, topo, windows = cases[case]()
     everyone = topo.comm.allgather(errors)
     windows.free()

@@ -1,4 +1,4 @@
-"""The parameter server's push / apply / fetch / snapshot protocol on 3 and 4 ranks, both MPI libraries.
+"""The parameter server's push / apply / fetch / snapshot protocol on 3 to 5 ranks, both MPI libraries.
 
 The cases live in tests/mpi_ps_protocol.py (run under a real mpiexec): exact
 results of the sharded update rules against single-process application,
@@ -8,7 +8,8 @@ waits longer than ``snapshot_seconds`` for a stopped lead; two replicas pushing
 at once through one slot lose nothing; checkpoint reads under a stream of
 pushes are never torn.  The ``part-*`` cases run one replica as two
 partitions (clients) with ranges that split a shard: results bit-identical
-to single-process, and a client's pushes reach only the shards it overlaps.
+to single-process, a client's pushes reach only the shards it overlaps, and both
+transports work on a partition's range.
 
 The pure parts (which shards a range overlaps, client numbers) are tested
 here without MPI.
@@ -34,7 +35,7 @@ def test_ps_protocol(case, n, impl):
     assert r.returncode == 0 and f"PASS {case}" in r.stdout, r.stdout + r.stderr
 
 
-PART_CASES = ["part-exact-sgd", "part-exact-momentum", "part-exact-adagrad", "part-touch"]
+PART_CASES = ["part-exact-sgd", "part-exact-momentum", "part-exact-adagrad", "part-touch", "part-transport"]
 
 
 @pytest.mark.parametrize("n, impl", [(3, "openmpi"), (4, "openmpi"), (5, "openmpi"), (3, "mpich"), (5, "mpich")])
