@@ -69,12 +69,12 @@ class _Kernel:
     def __call__(self, *args):
         if not self.ready:
             with global_compiler_lock:
-                old = nb.config.SLP_VECTORIZE
-                nb.config.SLP_VECTORIZE = 1
+                old = nb.config.SLP_VECTORIZE, nb.config.LOOP_VECTORIZE
+                nb.config.SLP_VECTORIZE, nb.config.LOOP_VECTORIZE = 1, 0
                 try:
                     self.fn.compile(self.sig)
                 finally:
-                    nb.config.SLP_VECTORIZE = old
+                    nb.config.SLP_VECTORIZE, nb.config.LOOP_VECTORIZE = old
                 self.fn.disable_compile()
                 self.ready = True
         return self.fn(*args)
@@ -93,11 +93,36 @@ def _stack(typingctx, n, dtype):
     return types.CPointer(ty)(n, dtype), codegen
 
 
+@intrinsic
+def _float_from_bits(typingctx, i):
+    """The float32 whose bit pattern is the int32 ``i``."""
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], context.get_value_type(types.float32))
+
+    return types.float32(types.int32), codegen
+
+
+@nb.njit(nogil=True, cache=True, inline="always", fastmath={"contract", "nnan", "ninf", "nsz", "arcp"})
+def _exp(v):
+    """exp(v) in float32, within 2 ulp, as straight-line arithmetic that LLVM vectorizes
+    (Cephes' expf: v = n ln2 + r, |r| <= ln2 / 2, a degree-7 polynomial, then 2^n from bits)."""
+    v = min(max(v, np.float32(-87.0)), np.float32(88.0))
+    n = np.floor(v * np.float32(1.44269504088896341) + np.float32(0.5))
+    r = v - n * np.float32(0.693359375) + n * np.float32(2.12194440e-4)
+    p = np.float32(1.9875691500e-4) * r + np.float32(1.3981999507e-3)
+    p = p * r + np.float32(8.3334519073e-3)
+    p = p * r + np.float32(4.1665795894e-2)
+    p = p * r + np.float32(1.6666665459e-1)
+    p = p * r + np.float32(5.0000001201e-1)
+    p = p * r * r + r + np.float32(1.0)
+    return p * _float_from_bits((np.int32(n) + np.int32(127)) << np.int32(23))
+
+
 @nb.njit(nogil=True, cache=True, inline="always",
          fastmath={"contract", "nnan", "ninf", "nsz", "arcp"})
 def _act(v, code):
     if code == 0:
-        return np.float32(1.0) / (np.float32(1.0) + np.exp(-v))
+        return np.float32(1.0) / (np.float32(1.0) + _exp(-v))
     if code == 1:
         return np.tanh(v)
     if code == 2:
@@ -141,8 +166,12 @@ def _forward8(xf, wf, bf, yf, B, Hx, Wx, C, Hy, Wo, M, k, s, x_row0, y_row0, i0,
                                 acc[rr, mm] += a * wv[mm]
                 for rr in range(8):
                     yo = (b0 + rr) * yB + bo
-                    for mm in range(8):
-                        yf[U(yo + mm)] = _act(acc[rr, mm], act)
+                    if act == 0:  # one branch per row, so that the 8 maps vectorize
+                        for mm in range(8):
+                            yf[U(yo + mm)] = _act(acc[rr, mm], 0)
+                    else:
+                        for mm in range(8):
+                            yf[U(yo + mm)] = _act(acc[rr, mm], act)
             for bb in range(B8, B):
                 for mm in range(8):
                     acc[0, mm] = bf[U(bo + mm)]
@@ -304,6 +333,7 @@ def _input8(wf, dzf, dxf, B, Hx, Wx, C, Hy, Wo, M, k, s, x_row0, y_row0, i0, i1,
         ihi = min(i1 - 1, h // s)
         acc = nb.carray(_stack(64, np.float32), (8, 8))
         wv = nb.carray(_stack(8, np.float32), (8,))
+        red = np.empty((8, 8), np.float32)  # 256 bytes per input row
         for t in range(xrow):
             col = t // C
             c = t - col * C
@@ -313,21 +343,26 @@ def _input8(wf, dzf, dxf, B, Hx, Wx, C, Hy, Wo, M, k, s, x_row0, y_row0, i0, i1,
                 for rr in range(8):
                     for mm in range(8):
                         acc[rr, mm] = 0.0
-                for i in range(ilo, ihi + 1):
-                    di = h - i * s
-                    for j in range(jlo, jhi + 1):
-                        pos = (i - y_row0) * Wo + j
-                        wq = (pos * P + di * kC + (col - j * s) * C + c) * M
-                        for m0 in range(0, M, 8):
+                for m0 in range(0, M, 8):  # outermost: an inner loop over m0 gets vectorized, badly
+                    for i in range(ilo, ihi + 1):
+                        di = h - i * s
+                        for j in range(jlo, jhi + 1):
+                            pos = (i - y_row0) * Wo + j
+                            wq = (pos * P + di * kC + (col - j * s) * C + c) * M + m0
                             for mm in range(8):
-                                wv[mm] = wf[U(wq + m0 + mm)]
+                                wv[mm] = wf[U(wq + mm)]
                             for rr in range(8):
                                 zo = (b0 + rr) * yB + pos * M + m0
                                 for mm in range(8):
                                     acc[rr, mm] += dzf[U(zo + mm)] * wv[mm]
+                # through memory, a row at a time: summing the 8 tiles' rows in one unrolled
+                # block would make LLVM vectorize across rows (gathers) instead of across maps
                 for rr in range(8):
-                    v = ((acc[rr, 0] + acc[rr, 4]) + (acc[rr, 2] + acc[rr, 6])) + \
-                        ((acc[rr, 1] + acc[rr, 5]) + (acc[rr, 3] + acc[rr, 7]))
+                    for mm in range(8):
+                        red[rr, mm] = acc[rr, mm]
+                for rr in range(min(8, B - b0)):
+                    v = ((red[rr, 0] + red[rr, 4]) + (red[rr, 2] + red[rr, 6])) + \
+                        ((red[rr, 1] + red[rr, 5]) + (red[rr, 3] + red[rr, 7]))
                     o = (b0 + rr) * xB + hl * xrow + t
                     if accumulate:
                         dxf[U(o)] += v
@@ -336,15 +371,15 @@ def _input8(wf, dzf, dxf, B, Hx, Wx, C, Hy, Wo, M, k, s, x_row0, y_row0, i0, i1,
             for bb in range(B8, B):
                 for mm in range(8):
                     acc[0, mm] = 0.0
-                for i in range(ilo, ihi + 1):
-                    di = h - i * s
-                    for j in range(jlo, jhi + 1):
-                        pos = (i - y_row0) * Wo + j
-                        wq = (pos * P + di * kC + (col - j * s) * C + c) * M
-                        zo = bb * yB + pos * M
-                        for m0 in range(0, M, 8):
+                for m0 in range(0, M, 8):
+                    for i in range(ilo, ihi + 1):
+                        di = h - i * s
+                        for j in range(jlo, jhi + 1):
+                            pos = (i - y_row0) * Wo + j
+                            wq = (pos * P + di * kC + (col - j * s) * C + c) * M + m0
+                            zo = bb * yB + pos * M + m0
                             for mm in range(8):
-                                acc[0, mm] += dzf[U(zo + m0 + mm)] * wf[U(wq + m0 + mm)]
+                                acc[0, mm] += dzf[U(zo + mm)] * wf[U(wq + mm)]
                 v = ((acc[0, 0] + acc[0, 4]) + (acc[0, 2] + acc[0, 6])) + \
                     ((acc[0, 1] + acc[0, 5]) + (acc[0, 3] + acc[0, 7]))
                 o = bb * xB + hl * xrow + t
