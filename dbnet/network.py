@@ -71,7 +71,7 @@ class Network:
                 self._chan.append(Channel(comm, exs[i], B, lp.need[0], prev.own[0], 16 + 2 * i, timeout,
                                           self.stats, kind))
         self._argmax = [np.empty((B, *(lp.rows, *layer.out_shape[1:])), np.int32)
-                        if isinstance(layer, Pool) and layer.mode == "max" else None
+                        if isinstance(layer, Pool) else None
                         for layer, lp in zip(spec.layers, self.plan)]
         self._row_loss = np.empty(B, np.float64)
         self._row_hit = np.empty(B, np.int32)
@@ -105,13 +105,19 @@ class Network:
     def _image(self, a: np.ndarray, n: int, shape, rows: int) -> np.ndarray:
         return a[:n].reshape(n, rows, *shape[1:])
 
+    def _input_band(self, i: int) -> tuple[int, int]:
+        """(rows, first row) of image layer i's input as held here: the whole image for layer 0."""
+        lp = self.plan[i]
+        return (self.spec.input_shape[0], 0) if i == 0 else (lp.in_hi - lp.in_lo, lp.in_lo)
+
     def _layer_forward(self, i: int, inp: np.ndarray, n: int, w, b, rows=None) -> None:
         layer, lp = self.spec.layers[i], self.plan[i]
         out = self._out[i][:n]
         if isinstance(layer, Dense):
             dense_forward(inp, w, b, out, layer.activation)
             return
-        x = self._image(inp, n, layer.in_shape, lp.in_hi - lp.in_lo)
+        x_rows, x_row0 = self._input_band(i)
+        x = self._image(inp, n, layer.in_shape, x_rows)
         y = self._image(out, n, layer.out_shape, lp.rows)
         rows = rows or (lp.lo, lp.hi)
         if rows[1] <= rows[0]:
@@ -119,11 +125,11 @@ class Network:
         from dbnet.kernels import local as lc, pool
 
         if isinstance(layer, Local):
-            lc.lc_forward(x, w, b, y, layer.k, layer.stride, layer.activation, rows=rows, x_row0=lp.in_lo,
+            lc.lc_forward(x, w, b, y, layer.k, layer.stride, layer.activation, rows=rows, x_row0=x_row0,
                           y_row0=lp.lo)
         else:
             pool.pool_forward(x, y, self._argmax[i][:n], layer.k, layer.stride, layer.mode, rows=rows,
-                              x_row0=lp.in_lo, y_row0=lp.lo)
+                              x_row0=x_row0, y_row0=lp.lo)
 
     def _layer_backward(self, i: int, inp: np.ndarray, n: int, w, dw, db) -> None:
         layer, lp = self.spec.layers[i], self.plan[i]
@@ -132,17 +138,22 @@ class Network:
         if isinstance(layer, Dense):
             dense_backward(inp, w, out, dy, dw, db, dx, layer.activation)
             return
-        x = self._image(inp, n, layer.in_shape, lp.in_hi - lp.in_lo)
+        if lp.rows == 0:
+            if dx is not None:
+                dx[...] = 0
+            return
+        x_rows, x_row0 = self._input_band(i)
+        x = self._image(inp, n, layer.in_shape, x_rows)
         y = self._image(out, n, layer.out_shape, lp.rows)
         dyi = self._image(dy, n, layer.out_shape, lp.rows)
-        dxi = None if dx is None else self._image(dx, n, layer.in_shape, lp.in_hi - lp.in_lo)
+        dxi = None if dx is None else self._image(dx, n, layer.in_shape, x_rows)
         from dbnet.kernels import local as lc, pool
 
         if isinstance(layer, Local):
-            lc.lc_backward(x, w, y, dyi, dw, db, dxi, layer.k, layer.stride, layer.activation, x_row0=lp.in_lo,
+            lc.lc_backward(x, w, y, dyi, dw, db, dxi, layer.k, layer.stride, layer.activation, x_row0=x_row0,
                            y_row0=lp.lo)
         elif dxi is not None:
-            pool.pool_backward(dyi, self._argmax[i][:n], dxi, layer.k, layer.stride, layer.mode, x_row0=lp.in_lo,
+            pool.pool_backward(dyi, self._argmax[i][:n], dxi, layer.k, layer.stride, layer.mode, x_row0=x_row0,
                                y_row0=lp.lo)
 
     def _interior(self, i: int) -> tuple[int, int]:
