@@ -174,6 +174,6 @@ def lc(batches: list[int], repeats: int, quick: bool = False) -> list[dict]:
                 rows.append(_row(f"{name}: dbnet speed-up over {impl}", ratio, "x", "same run, medians", **extra))
         if "torch" in impls:
             diff = impls["torch"].max_difference(impls["dbnet"])
-            rows.append(_row(f"{name}: max |dbnet - torch| / max |torch|", diff, "", "y, dW, db, dx",
+            rows.append(_row(f"{name}: max |dbnet - torch| / max |torch|", diff, "", f"{diff:.1e}; y, dW, db, dx",
                              target="<= 1e-4", **{"pass": diff <= 1e-4}))
     return rows

@@ -54,10 +54,12 @@ U = nb.uint64  # unsigned indices: Numba then emits no negative-index wraparound
 
 
 class _Kernel:
-    """A Numba kernel compiled once, for one signature, with the SLP vectorizer on.
+    """A Numba kernel compiled once, for one signature, with the SLP vectorizer on
+    and the loop vectorizer off (it vectorized the short runtime loops around the
+    register tile, with gathers).
 
-    Numba reads ``config.SLP_VECTORIZE`` when it builds its pass pipeline, so
-    the flag is set only while this kernel compiles (under Numba's compiler
+    Numba reads ``config.SLP_VECTORIZE`` and ``LOOP_VECTORIZE`` when it builds its
+    pass pipeline, so the flags are set only while this kernel compiles (under Numba's compiler
     lock, so no other compilation sees it).  Further compilation is disabled:
     a call with other argument types raises instead of silently compiling a
     slow version.
@@ -69,14 +71,15 @@ class _Kernel:
     def __call__(self, *args):
         if not self.ready:
             with global_compiler_lock:
-                old = nb.config.SLP_VECTORIZE, nb.config.LOOP_VECTORIZE
-                nb.config.SLP_VECTORIZE, nb.config.LOOP_VECTORIZE = 1, 0
-                try:
-                    self.fn.compile(self.sig)
-                finally:
-                    nb.config.SLP_VECTORIZE, nb.config.LOOP_VECTORIZE = old
-                self.fn.disable_compile()
-                self.ready = True
+                if not self.ready:  # or another thread compiled it while this one waited
+                    old = nb.config.SLP_VECTORIZE, nb.config.LOOP_VECTORIZE
+                    nb.config.SLP_VECTORIZE, nb.config.LOOP_VECTORIZE = 1, 0
+                    try:
+                        self.fn.compile(self.sig)
+                    finally:
+                        nb.config.SLP_VECTORIZE, nb.config.LOOP_VECTORIZE = old
+                    self.fn.disable_compile()
+                    self.ready = True
         return self.fn(*args)
 
 
