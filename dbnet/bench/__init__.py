@@ -18,12 +18,13 @@ import dbnet
 from dbnet.bench._common import original_env
 from dbnet.bench.local import lc
 from dbnet.bench.micro import matmul, memory, update
+from dbnet.bench.mp import mp
 from dbnet.bench.ps import downpour, ps
 from dbnet.bench.train import TORCH_MISSING, train
 
 #: name -> benchmark; ``python -m dbnet.bench`` runs them all, in this order.
 BENCHMARKS = {"train": train, "matmul": matmul, "memory": memory, "update": update, "ps": ps, "downpour": downpour,
-              "lc": lc}
+              "lc": lc, "mp": mp}
 
 
 def _cpu_model() -> str:
