@@ -17,7 +17,8 @@ from dbnet.rundir import RunDir
 RESUMABLE_KEYS = ("train.max_steps", "train.max_epochs", "train.max_seconds", "train.target_accuracy",
                   "train.eval_every_steps", "train.eval_every_seconds", "train.eval_examples",
                   "train.checkpoint_every_steps", "train.checkpoint_every_seconds", "train.keep_checkpoints",
-                  "topology.shards", "topology.replicas")  # distributed: re-sliced / re-spread on resume
+                  "topology.shards", "topology.replicas",  # distributed: re-sliced / re-spread on resume
+                  "topology.partitions")  # checkpoints are in the canonical order: any P resumes them
 
 
 def resume_config(run_dir: str | Path, overrides: list[str]) -> tuple[Config, RunDir, ckpt_mod.Checkpoint]:

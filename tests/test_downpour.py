@@ -19,7 +19,7 @@ from mpirun import run_mpi
 IMPLS = ["openmpi", "mpich"]
 
 
-def write_cfg(tmp_path, h5, *, algorithm="downpour", shards=2, replicas=3, extra=""):
+def write_cfg(tmp_path, h5, *, algorithm="downpour", shards=2, replicas=3, extra="", model="hidden = [32]"):
     out = tmp_path / "runs"
     tmp_path.mkdir(parents=True, exist_ok=True)
     cfg = tmp_path / f"{algorithm}-{shards}x{replicas}.toml"
@@ -31,7 +31,7 @@ threads = 1
 [data]
 path = "{h5}"
 [model]
-hidden = [32]
+{model}
 [optimizer]
 rule = "sgd"
 lr = 0.05

@@ -14,6 +14,14 @@ and the shutdown are the runtime's: :mod:`dbnet.runtime`.  A replica whose
 step raises is marked FAILED and the others go on; a NaN/Inf gradient is
 rejected by the shards.  Every rank calls :func:`run` (collective over
 ``job.topo.comm``); the lead returns the summary.
+
+Model x data parallelism: with ``topology.partitions = P`` a replica is P
+ranks (:mod:`dbnet.mp`).  Partition p holds its contiguous range of the
+partition-major parameter vector and fetches and pushes only that range,
+only from the shards that hold it.  The partitions of a replica read the same
+minibatches, fetch and push at the same steps and stop together (the stop is
+agreed by a reduction each step).  The lead (replica 0, partition 0) reads
+the whole vector for evaluations and checkpoints, in the canonical order.
 """
 
 from __future__ import annotations
@@ -28,7 +36,9 @@ from dbnet.errors import TrainingDiverged
 from dbnet.kernels import updates
 from dbnet.network import Network
 from dbnet.mpi import barrier
+from dbnet.mp.plan import part_ranges, to_canonical
 from dbnet.ps import PSClient, PSWindows, service
+from dbnet.ps.layout import client_id
 from dbnet.ps.transport import OverlapTransport, SyncTransport
 from dbnet.rundir import make_summary
 from dbnet.runtime.lead import Lead
@@ -39,6 +49,7 @@ from dbnet.topology import Role
 def run(job):
     spec, rule, topo = job.spec, job.rule, job.topo
     windows = PSWindows(topo, spec.n_params, len(rule.state_names), job.cfg.ps.inbox_slots)
+    # (partitions: the shards hold the partition-major vector; see dbnet.mp.plan)
     job.barrier("every rank to create the parameter server's windows")
     if topo.role is Role.SHARD:
         server = service.start(job, windows)
@@ -55,19 +66,22 @@ def run(job):
 
 def _replica(job, windows):
     cfg, dc, topo, ctl = job.cfg, job.cfg.downpour, job.topo, job.control
-    r, B, n = topo.me.replica_id, cfg.train.batch_size, job.spec.n_params
-    client = PSClient(windows, r, job.timeout)
+    r, p, P, B = topo.me.replica_id, topo.me.partition_id or 0, topo.partitions, cfg.train.batch_size
+    lo, hi = part_ranges(job.spec, P)[p]
+    n = hi - lo
+    client = PSClient(windows, client_id(r, p, P), job.timeout, lo, hi)  # only this partition's range
 
     def report(examples: int, step: int) -> int:  # after each push, on the thread that pushed
         ctl.set_step(step)
         ctl.beat()
-        return ctl.add_examples(examples)
+        return ctl.add_examples(examples if p == 0 else 0)  # a replica's examples are counted once
 
     if cfg.comm.overlap:
         transport = OverlapTransport(client, report, ctl.stop_requested, dc.n_fetch, n, job.timeout)
     else:
         transport = SyncTransport(client, report, ctl.stop_requested, dc.n_fetch, cfg.ps.read_own_writes)
-    net = Network(job.spec, B)
+    net = Network(job.spec, B, comm=topo.replica_comm if P > 1 else None, timeout=job.timeout)
+    agree = _agreement(topo.replica_comm, job.timeout) if P > 1 else bool
     w, g = np.zeros(n, np.float32), np.empty(n, np.float32)
     accrued = np.zeros(n, np.float32) if dc.n_push > 1 else None
     step = step0 = job.resume.replica_steps[r] if job.resume.path else 0
@@ -104,8 +118,8 @@ def _replica(job, windows):
                         pending = 0
                     if lead is not None:
                         lead.tick(loss / len(y), step - step0)              # warmstart, evals, stop, checkpoints
-                    if transport.stop_requested() or (limit and transport.examples_total >= limit):
-                        stop = True
+                    if agree(transport.stop_requested() or bool(limit and transport.examples_total >= limit)):
+                        stop = True  # every partition of the replica stops at the same step
                         break
             if pending and accrued is not None:  # no silent losses: push what was accrued
                 transport.push(accrued, pending, step)
@@ -113,15 +127,44 @@ def _replica(job, windows):
         "role": "replica", "replica": r, "state": phase.state.name.lower(), "error": phase.error, "steps": step,
         "examples": step * B, "examples_this_run": (step - step0) * B, "compute_seconds": compute_seconds,
         "exposed_comm_seconds": transport.exposed_seconds, "overlap": cfg.comm.overlap, **client.stats(),
+        "partition": p, "params": n, "shards_used": client.shards, **({"model_parallel": net.stats} if P > 1 else {}),
     }
     return stats, lead
 
 
+def _agreement(comm, timeout: float):
+    """``agree(flag)``: True on every partition of the replica if it is True on any (a bounded wait)."""
+    from mpi4py import MPI
+
+    from dbnet.mp.exchange import wait_all
+
+    buf = np.zeros(1, np.int32)
+
+    def agree(flag: bool) -> bool:
+        buf[0] = int(flag)
+        wait_all([comm.Iallreduce(MPI.IN_PLACE, [buf, MPI.INT], MPI.MAX)], timeout,
+                 "the replica's partitions to agree on stopping")
+        return bool(buf[0])
+
+    return agree
+
+
 def _lead(job, client: PSClient, transport) -> Lead:
-    """The lead's duties, reading the parameter server through the replica's transport."""
-    dc = job.cfg.downpour
-    return Lead(job, lambda fn, *a: transport.comm.call(fn, *a),
-                lambda buf: client.fetch(buf, own_writes=False, count=False), lambda: _snapshot(client, job),
+    """The lead's duties, reading the parameter server through the replica's transport.
+
+    With partitions the lead reads the whole (partition-major) vector with a client of its own and
+    converts it to the canonical order, so evaluations run the whole network in one process."""
+    dc, P, spec = job.cfg.downpour, job.topo.partitions, job.spec
+    reader = client if P == 1 else PSClient(client.w, client.r, job.timeout)
+    tmp = np.empty(spec.n_params, np.float32) if P > 1 else None
+
+    def read_params(buf):
+        if P == 1:
+            return reader.fetch(buf, own_writes=False, count=False)
+        reader.fetch(tmp, own_writes=False, count=False)
+        to_canonical(spec, P, tmp, out=buf)
+
+    return Lead(job, lambda fn, *a: transport.comm.call(fn, *a), read_params, lambda: _snapshot(reader, job),
                 (dc.warmstart_steps, dc.warmstart_seconds), tick_every=0.05 if job.cfg.comm.overlap else 0.0,
                 about=f"n_fetch {dc.n_fetch}, n_push {dc.n_push}, alpha {dc.alpha:g}, "
                       f"warmstart {dc.warmstart_steps} steps / {dc.warmstart_seconds:g} s")
@@ -157,6 +200,10 @@ def _snapshot(client: PSClient, job):
     versions = client.snapshot(params, states, names)
     if versions is None:
         return None
+    P = job.topo.partitions
+    if P > 1:  # checkpoints hold the canonical order: a run resumes with any number of partitions
+        params = to_canonical(job.spec, P, params)
+        states = {k: to_canonical(job.spec, P, v) for k, v in states.items()}
     return params, states, {"shard_versions": np.array(versions, np.int64)}
 
 

@@ -9,6 +9,7 @@ runtime's shutdown as the shard's idle work.
 from __future__ import annotations
 
 from dbnet.model import init_params
+from dbnet.mp.plan import from_canonical
 from dbnet.ps.shard import ShardServer
 from dbnet.ps.windows import PSWindows
 from dbnet.runtime.control import RankState
@@ -19,11 +20,12 @@ def start(job, windows: PSWindows) -> ShardServer:
     shard count changed)."""
     L = windows.layout
     rule = job.rule
+    P = job.topo.partitions
     if job.resume.path:
-        params, state = job.resume.params_slice(L.lo, L.hi, rule.state_names)
+        params, state = job.resume.params_slice(L.lo, L.hi, rule.state_names, job.spec, P)
         version = job.resume.shard_versions[job.topo.me.shard_id]
-    else:
-        params, state, version = init_params(job.spec, job.cfg.run.seed)[L.lo: L.hi], None, 0
+    else:  # the shards hold the partition-major vector (the canonical one when P = 1)
+        params, state, version = from_canonical(job.spec, P, init_params(job.spec, job.cfg.run.seed))[L.lo: L.hi], None, 0
     ps = job.cfg.ps
     return ShardServer(windows, rule, params, state, version, ps.apply_chunk, ps.snapshot_seconds)
 

@@ -50,11 +50,19 @@ class Resume:
     shard_versions: list[int] = field(default_factory=list)
     note: str = ""
 
-    def params_slice(self, lo: int, hi: int, state_names) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """Parameters and optimizer state ``[lo, hi)`` from the checkpoint (read by each shard)."""
+    def params_slice(self, lo: int, hi: int, state_names, spec=None, partitions: int = 1
+                     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Parameters and optimizer state ``[lo, hi)`` of the partition-major vector for ``partitions``
+        model partitions (read by each shard; checkpoints hold the canonical order, P = 1)."""
         from dbnet.checkpoint import read_slice
 
-        return read_slice(self.path, lo, hi, state_names)
+        if partitions == 1:
+            return read_slice(self.path, lo, hi, state_names)
+        from dbnet.mp.plan import from_canonical
+
+        params, state = read_slice(self.path, 0, spec.n_params, state_names)
+        return (from_canonical(spec, partitions, params)[lo:hi],
+                {k: from_canonical(spec, partitions, v)[lo:hi] for k, v in state.items()})
 
 
 @dataclass
