@@ -5,7 +5,9 @@ Run by :mod:`dbnet.bench.mp` as
 * ``mpiexec -n P python -m dbnet.bench.mp_worker step MODELS WARMUP SAMPLES STEPS [check]``: for each
   model named in MODELS (comma-separated keys of :func:`dbnet.bench.mp.models`, ``quick:`` prefixed for
   the quick sizes), every rank is partition ``rank`` of P with one thread; after WARMUP steps, SAMPLES
-  times: a barrier, STEPS steps of ``loss_and_grad``, and the slowest rank's seconds per step.  With
+  times: a barrier, STEPS steps of ``loss_and_grad``, and the slowest rank's seconds per step, wall and
+  CPU (``time.thread_time``: the time the rank ran, descheduled time left out; one thread does all the
+  work, numba and BLAS being set to 1; spinning on an exchange counts).  With
   ``check``, rank 0 also runs the unpartitioned network on the same batch and compares loss and
   gradient (the partitions' gradients gathered into canonical order).
 * ``mpiexec -n 2 python -m dbnet.bench.mp_worker pingpong``: half the round trip of ``Send``/``Recv``
@@ -32,7 +34,7 @@ PING_SIZES = (8, 4096, 65536, 1 << 20, 4 << 20)
 
 
 def pingpong(comm, repeats: int = 200) -> dict:
-    """``{bytes: one-way seconds}`` between ranks 0 and 1 (median of half round trips)."""
+    """``{bytes: {"median", "p10", "min"}}``: one-way seconds (half round trips) between ranks 0 and 1."""
     out = {}
     rank = comm.Get_rank()
     for size in PING_SIZES:
@@ -50,7 +52,8 @@ def pingpong(comm, repeats: int = 200) -> dict:
                 comm.Send(buf, 0, 7)
             if i >= 5:
                 ts.append((time.perf_counter() - t) / 2)
-        out[size] = statistics.median(ts)
+        ts.sort()
+        out[size] = {"median": statistics.median(ts), "p10": ts[len(ts) // 10], "min": ts[0]}
     return out
 
 
@@ -76,17 +79,19 @@ def step(comm, names: list[str], warmup: int, samples: int, steps: int, check: b
             net.loss_and_grad(params, x, y, grad)
         for k in net.stats:
             net.stats[k] = 0 if isinstance(net.stats[k], int) else 0.0
-        per_step = []
+        per_step, cpu_step = [], []
         for _ in range(samples):
             mpi.barrier(comm, 300, "the partitions to start a sample")
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.thread_time()
             for _ in range(steps):
                 loss, hits = net.loss_and_grad(params, x, y, grad)
-            mine = (time.perf_counter() - t) / steps
+            mine, cpu = (time.perf_counter() - t) / steps, (time.thread_time() - c) / steps
             per_step.append(comm.allreduce(mine, op=_max()))
+            cpu_step.append(comm.allreduce(cpu, op=_max()))
         n = samples * steps
         stats = comm.gather({k: v / n for k, v in net.stats.items()}, root=0)
         out = {"parts": P, "batch": batch, "seconds_per_step": per_step, "median_s": statistics.median(per_step),
+               "cpu_seconds_per_step": cpu_step,
                "stats_per_step": stats, "loss": loss}
         if check:
             grads = comm.gather(grad, root=0)
