@@ -117,7 +117,9 @@ def plot(path: Path, data: dict) -> None:
             if scale == 1:
                 meas = m["measured"]
                 ax.plot([1, 2], [1.0, meas["speedup"]], "o", color=colors[name], ms=8,
-                        label=f"{name}: measured, 1 core/partition, shared memory")
+                        label=f"{name}: measured (wall), 1 core/partition, shared memory")
+                ax.plot([2], [meas["cpu_speedup"]], "o", mfc="none", color=colors[name], ms=8,
+                        label=f"{name}: measured (CPU time)")
                 ax.plot([2], [m["predicted_p2"]["speedup"]], "x", color=colors[name], ms=9, mew=2,
                         label=f"{name}: model on the measured link")
         ax.plot(ps, ps, ":", color="gray", lw=0.8, label="linear")
