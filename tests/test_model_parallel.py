@@ -73,15 +73,17 @@ def test_downpour_one_replica_of_two_partitions_is_bit_identical_to_partitioned_
 
 def test_downpour_2x2_resumes_on_other_partition_counts(tmp_path, fashion_mnist_h5):
     """2 replicas x 2 partitions x 2 shards (6 ranks), then resumed as 2 replicas x 1 partition (4 ranks) and
-    as 1 replica x 3 partitions: the checkpoint's canonical order makes P a free choice."""
+    as 1 replica x 3 partitions: the checkpoint's canonical order makes P a free choice.  Warmstart trains
+    the lead's whole replica (both its partitions) alone first."""
     cfg = write_cfg(tmp_path, fashion_mnist_h5, shards=2, replicas=2, model=LC,
-                    extra="partitions = 2\n")
+                    extra="partitions = 2\n[downpour]\nwarmstart_steps = 20\n")
     r = run_mpi(6, ["train", str(cfg), "--set", "train.max_steps=200", "--set", "optimizer.rule='adagrad'"],
                 timeout=240)
     assert r.returncode == 0, r.stderr
     rd = only_run_dir(tmp_path)
     first = summary(rd)
     assert first["topology"]["partitions"] == 2 and first["lost_replicas"] == []
+    assert r.stderr.count("warmstart over after 20 steps") == 1
     r = run_mpi(4, ["train", "--resume", str(rd.path), "--set", "train.max_steps=400",
                     "--set", "topology.partitions=1"], timeout=240)
     assert r.returncode == 0, r.stderr

@@ -228,7 +228,7 @@ def _summarize(job, lead: dict, all_stats: list[dict]) -> dict:
                                                            "warmstart_seconds")},
         "ps": {k: getattr(cfg.ps, k) for k in ("inbox_slots", "apply_chunk", "read_own_writes")},
         "comm": {"overlap": cfg.comm.overlap, "timeout_seconds": cfg.comm.timeout_seconds},
-        "lost_replicas": [s["replica"] for s in replicas if s["state"] == "failed"],
+        "lost_replicas": sorted({s["replica"] for s in replicas if s["state"] == "failed"}),
         "pushes_per_second": pushes / wall if wall else 0.0,
         "fetches_per_second": fetches / wall if wall else 0.0,
         "pushes_rejected": sum(s["pushes_rejected"] for s in shards),

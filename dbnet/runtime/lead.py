@@ -85,7 +85,7 @@ class Lead:
         self._last_watch = 0.0
         self.progress.total = self.limits.max_steps
         self.progress.log(f"{cfg.train.algorithm}: {job.spec.describe()} on {self.test.name}, {self.topo.replicas} "
-                          f"replicas x batch {tc.batch_size}, {self.topo.shards} shards, {cfg.optimizer.rule} lr "
+                          f"replicas{f' x {self.topo.partitions} partitions' if self.topo.partitions > 1 else ''} x batch {tc.batch_size}, {self.topo.shards} shards, {cfg.optimizer.rule} lr "
                           f"{cfg.optimizer.lr:g}{', ' + about if about else ''}; run dir {self.rd.path}")
         call(lambda: (self.ctl.write(Field.EXAMPLES, job.resume.examples), self.ctl.beat(0.0)))
         if not len(self.metrics):

@@ -42,7 +42,8 @@ class TrainingPhase:
 
     def __enter__(self) -> TrainingPhase:
         job = self.job
-        if self.lead is None:
+        topo = job.topo
+        if topo.me.replica_id != topo.roles[topo.lead_rank].replica_id:  # the lead's replica (all its partitions)
             job.wait_until(job.started_or_stopped, "waiting for the warmstart to end", call=self.call)
         self.call(job.control.set_state, RankState.RUNNING)
         return self
