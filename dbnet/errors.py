@@ -27,3 +27,11 @@ class CheckpointError(DbnetError):
 
 class TrainingDiverged(DbnetError):
     """The loss or a gradient became NaN or Inf."""
+
+
+class PartnerLost(DbnetError):
+    """A model partition of this replica stopped answering within ``comm.timeout_seconds``.
+
+    The replica cannot compute without every partition: Downpour marks it failed and goes on with the
+    others (like a failed replica); SGD on one replica ends the job (resumable from its checkpoint).
+    """

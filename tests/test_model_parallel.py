@@ -95,3 +95,46 @@ def test_downpour_2x2_resumes_on_other_partition_counts(tmp_path, fashion_mnist_
     s = summary(rd)
     assert s["topology"]["partitions"] == 3 and s["examples_seen"] >= 500 * 32
     assert s["final_test_accuracy"] >= 0.7  # measured: 0.83 after 500 steps
+
+
+def test_a_stopped_partition_costs_its_replica_only(tmp_path, fashion_mnist_h5):
+    """SIGSTOP replica 1's partition 1 for longer than comm.timeout_seconds: its partner gives up waiting for
+    the exchange (PartnerLost), the whole replica is marked failed, replica 0 goes on and the job completes."""
+    import json
+    import os
+    import signal
+    import time
+
+    from mpirun import mpiexec_for
+
+    cfg = write_cfg(tmp_path, fashion_mnist_h5, shards=2, replicas=2, model=LC,
+                    extra="partitions = 2\n[comm]\ntimeout_seconds = 6\n")
+    cmd, env = mpiexec_for("openmpi")
+    proc = subprocess.Popen([*cmd, "-n", "6", sys.executable, "-m", "dbnet", "train", str(cfg),
+                             "--set", "train.max_seconds=25", "--set", "train.max_steps=1000000",
+                             "--set", "train.eval_every_seconds=1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    try:
+        started, deadline = [], time.monotonic() + 60
+        while not started and time.monotonic() < deadline:
+            started = list((tmp_path / "runs").glob("*/checkpoints/ckpt-*.h5")) if (tmp_path / "runs").exists() else []
+            time.sleep(0.1)
+        assert started, "training never started"
+        ranks = json.loads((started[0].parents[1] / "ranks.json").read_text())
+        (victim,) = [r for r in ranks if r["role"] == "replica" and r["replica_id"] == 1 and r["partition_id"] == 1]
+        time.sleep(2)
+        os.kill(victim["pid"], signal.SIGSTOP)
+        time.sleep(12)
+        os.kill(victim["pid"], signal.SIGCONT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == 0, err
+    s = summary(only_run_dir(tmp_path))
+    assert s["stopped_because"] == "reached 25 s" and s["lost_replicas"] == [1]
+    lost = [r for r in s["replicas"] if r["replica"] == 1]
+    assert all(r["state"] == "failed" and "PartnerLost" in r["error"] for r in lost)
+    kept = [r for r in s["replicas"] if r["replica"] == 0]
+    assert all(r["state"] == "done" for r in kept) and kept[0]["steps"] > 2 * lost[0]["steps"]

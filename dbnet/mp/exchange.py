@@ -19,13 +19,18 @@ import time
 import numpy as np
 from mpi4py import MPI
 
+from dbnet.errors import PartnerLost
 from dbnet.mpi import WaitTimeout, wait_for
 
 F32 = np.float32
 
 
 def wait_all(reqs: list, timeout: float, what: str) -> None:
-    """Complete ``reqs``: spin briefly (the partner is usually a step away), then poll with back-off."""
+    """Complete ``reqs``: spin briefly (the partner is usually a step away), then poll with back-off.
+
+    Raises :class:`~dbnet.errors.PartnerLost` after ``timeout`` seconds of this rank's running time
+    (a partner that was stopped, or hangs): the caller's replica is lost, not the job.
+    """
     if not reqs:
         return
     t_end = time.perf_counter() + 2e-3
@@ -34,13 +39,13 @@ def wait_all(reqs: list, timeout: float, what: str) -> None:
             return
     try:
         wait_for(lambda: MPI.Request.Testall(reqs), timeout, what, max_sleep=2e-4)
-    except WaitTimeout:
+    except WaitTimeout as e:
         for r in reqs:
             try:
                 r.Cancel()
             except MPI.Exception:
                 pass
-        raise
+        raise PartnerLost(f"{e} (a partition of this replica stopped answering)") from None
 
 
 class Channel:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import traceback
 
-from dbnet.errors import TrainingDiverged
+from dbnet.errors import PartnerLost, TrainingDiverged
 from dbnet.mpi import WaitTimeout
 from dbnet.runtime.control import RankState
 from dbnet.runtime.job import InjectedCrash
@@ -56,7 +56,7 @@ class TrainingPhase:
                                                                    InjectedCrash)):
                 return False  # the job's failure: the runtime aborts every rank
             self.state, self.error = RankState.FAILED, f"{type(exc).__name__}: {exc}"
-            if not isinstance(exc, (InjectedFault, TrainingDiverged)):
+            if not isinstance(exc, (InjectedFault, TrainingDiverged, PartnerLost)):
                 self.error += "\n" + "".join(traceback.format_exception(kind, exc, tb))
             r = self.job.topo.me.replica_id
             self.job.progress.log(f"replica {r} failed: {self.error.splitlines()[0]}")
