@@ -77,3 +77,14 @@ def test_mpi_benchmarks_quick(name, monkeypatch, tmp_path):
     monkeypatch.setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
     rows = BENCHMARKS[name]([8], 1, quick=True)
     assert rows and all(r["value"] is not None and r["value"] > 0 for r in rows), rows
+
+
+def test_lc_quick():
+    check_rows(BENCHMARKS["lc"]([8], 1, quick=True))
+
+
+def test_mp_quick(tmp_path, monkeypatch):
+    """Figure 3's benchmark on small models: P = 1, 2 (and 4, correctness) under mpiexec, the model's curves."""
+    monkeypatch.setenv("DBNET_BENCH_MP_OUT", str(tmp_path / "figure3_mp.png"))
+    check_rows(BENCHMARKS["mp"]([8], 1, quick=True))
+    assert (tmp_path / "figure3_mp.png").is_file() and (tmp_path / "figure3_mp.json").is_file()
