@@ -62,3 +62,33 @@ def run_mpi(n: int, args: list[str], impl: str = "openmpi", timeout: float = 180
         out, err = proc.communicate()
         pytest.fail(f"timed out after {timeout} s (a hang): {' '.join(full)}\nstdout:\n{out}\nstderr:\n{err}")
     return subprocess.CompletedProcess(full, proc.returncode, out, err)
+
+
+def stop_one_rank(n: int, args: list[str], runs: Path, pick, *, impl: str = "openmpi", after: float = 2.0,
+                  stopped: float = 6.0, timeout: float = 120) -> tuple[int, str, str]:
+    """Run ``mpiexec -n n python -m dbnet ARGS``; once training has started (the lead's first checkpoint in
+    ``runs``), wait ``after`` s, SIGSTOP the rank ``pick(ranks.json entries)`` chooses for ``stopped`` s,
+    SIGCONT it, and return ``(returncode, stdout, stderr)``.  Every process is killed if anything fails."""
+    import json
+    import time
+
+    cmd, env = mpiexec_for(impl)
+    proc = subprocess.Popen([*cmd, "-n", str(n), sys.executable, "-m", "dbnet", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    try:
+        started, deadline = [], time.monotonic() + 60
+        while not started and time.monotonic() < deadline:
+            started = list(runs.glob("*/checkpoints/ckpt-*.h5")) if runs.exists() else []
+            time.sleep(0.1)
+        assert started, "training never started"
+        (victim,) = pick(json.loads((started[0].parents[1] / "ranks.json").read_text()))
+        time.sleep(after)
+        os.kill(victim["pid"], signal.SIGSTOP)
+        time.sleep(stopped)
+        os.kill(victim["pid"], signal.SIGCONT)
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    return proc.returncode, out, err

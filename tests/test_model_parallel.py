@@ -100,38 +100,16 @@ def test_downpour_2x2_resumes_on_other_partition_counts(tmp_path, fashion_mnist_
 def test_a_stopped_partition_costs_its_replica_only(tmp_path, fashion_mnist_h5):
     """SIGSTOP replica 1's partition 1 for longer than comm.timeout_seconds: its partner gives up waiting for
     the exchange (PartnerLost), the whole replica is marked failed, replica 0 goes on and the job completes."""
-    import json
-    import os
-    import signal
-    import time
-
-    from mpirun import mpiexec_for
+    from mpirun import stop_one_rank
 
     cfg = write_cfg(tmp_path, fashion_mnist_h5, shards=2, replicas=2, model=LC,
                     extra="partitions = 2\n[comm]\ntimeout_seconds = 6\n")
-    cmd, env = mpiexec_for("openmpi")
-    proc = subprocess.Popen([*cmd, "-n", "6", sys.executable, "-m", "dbnet", "train", str(cfg),
-                             "--set", "train.max_seconds=25", "--set", "train.max_steps=1000000",
-                             "--set", "train.eval_every_seconds=1"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
-    try:
-        started, deadline = [], time.monotonic() + 60
-        while not started and time.monotonic() < deadline:
-            started = list((tmp_path / "runs").glob("*/checkpoints/ckpt-*.h5")) if (tmp_path / "runs").exists() else []
-            time.sleep(0.1)
-        assert started, "training never started"
-        ranks = json.loads((started[0].parents[1] / "ranks.json").read_text())
-        (victim,) = [r for r in ranks if r["role"] == "replica" and r["replica_id"] == 1 and r["partition_id"] == 1]
-        time.sleep(2)
-        os.kill(victim["pid"], signal.SIGSTOP)
-        time.sleep(12)
-        os.kill(victim["pid"], signal.SIGCONT)
-        out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-    assert proc.returncode == 0, err
+    code, out, err = stop_one_rank(
+        6, ["train", str(cfg), "--set", "train.max_seconds=25", "--set", "train.max_steps=1000000",
+            "--set", "train.eval_every_seconds=1"], tmp_path / "runs",
+        lambda ranks: [r for r in ranks if r["role"] == "replica" and r["replica_id"] == 1 and r["partition_id"] == 1],
+        after=2, stopped=12)
+    assert code == 0, err
     s = summary(only_run_dir(tmp_path))
     assert s["stopped_because"] == "reached 25 s" and s["lost_replicas"] == [1]
     lost = [r for r in s["replicas"] if r["replica"] == 1]

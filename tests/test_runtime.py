@@ -8,7 +8,6 @@ topologies; ranks.json names every rank.
 
 import json
 import os
-import signal
 import time
 
 import h5py
@@ -96,35 +95,14 @@ def test_a_stopped_replica_stalls_no_one(tmp_path, fashion_mnist_h5, impl):
     The README's measurement (20 s stops, medians) is tools/sigstop.py's."""
     cfg = write_cfg(tmp_path, fashion_mnist_h5, shards=2, replicas=3,
                     extra="[comm]\ntimeout_seconds = 4\n")  # shorter than the stop: nobody may wait for it
-    import subprocess
-    import sys
+    from mpirun import stop_one_rank
 
-    from mpirun import mpiexec_for
-
-    cmd, env = mpiexec_for(impl)
-    proc = subprocess.Popen([*cmd, "-n", "5", sys.executable, "-m", "dbnet", "train", str(cfg),
-                             "--set", "train.max_seconds=17", "--set", "train.max_steps=1000000",
-                             "--set", "train.eval_every_seconds=0.25"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
-    try:
-        started = []  # the lead's first checkpoint comes right before training starts
-        deadline = time.monotonic() + 60
-        while not started and time.monotonic() < deadline:
-            started = list((tmp_path / "runs").glob("*/checkpoints/ckpt-*.h5")) if (tmp_path / "runs").exists() else []
-            time.sleep(0.1)
-        assert started, "training never started"
-        ranks = json.loads((started[0].parents[1] / "ranks.json").read_text())
-        (victim,) = [r for r in ranks if r["role"] == "replica" and r["replica_id"] == 2]
-        time.sleep(3)
-        os.kill(victim["pid"], signal.SIGSTOP)
-        time.sleep(6)
-        os.kill(victim["pid"], signal.SIGCONT)
-        out, err = proc.communicate(timeout=90)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-    assert proc.returncode == 0, err
+    code, out, err = stop_one_rank(
+        5, ["train", str(cfg), "--set", "train.max_seconds=17", "--set", "train.max_steps=1000000",
+            "--set", "train.eval_every_seconds=0.25"], tmp_path / "runs",
+        lambda ranks: [r for r in ranks if r["role"] == "replica" and r["replica_id"] == 2],
+        impl=impl, after=3, stopped=6, timeout=90)
+    assert code == 0, err
     s = summary(only_run_dir(tmp_path))
     assert s["stopped_because"] == "reached 17 s" and s["lost_replicas"] == []
     tl = s["replica_steps_timeline"]

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dbnet.model import Dense, Local, NetSpec, Pool, is_spatial, param_views
+from dbnet.model import Dense, Local, NetSpec, is_spatial, param_views
 from dbnet.partition import balanced_range
 
 
