@@ -116,8 +116,11 @@ class Fault:
 
 
 def plan(seed: int, runs: int, kinds: tuple[str, ...], replicas: int, world: int,
-         raise_steps: tuple[int, int] = (100, 3000)) -> list[Fault]:
-    """The faults of ``runs`` runs: kinds in turn, everything else drawn from ``random.Random(seed)``."""
+         raise_steps: tuple[int, int] = (100, 3000), partitions: int = 1) -> list[Fault]:
+    """The faults of ``runs`` runs: kinds in turn, everything else drawn from ``random.Random(seed)``.
+
+    ``replicas`` counts replica ranks (replicas x partitions); a ``fail_replica`` fault targets the
+    rank of a replica's partition 0 (``rank // partitions`` is the replica)."""
     rng = random.Random(seed)
     faults = []
     for i in range(runs):
@@ -129,7 +132,7 @@ def plan(seed: int, runs: int, kinds: tuple[str, ...], replicas: int, world: int
         elif kind == "raise":
             flavour = rng.choice(("fail_replica", "crash_rank"))
             if flavour == "fail_replica":
-                rank = rng.randrange(replicas)  # world rank r is replica r (layout [replicas | shards])
+                rank = rng.randrange(replicas // partitions) * partitions  # layout [replicas x partitions | shards]
             faults.append(Fault(kind, 0.0, rank, flavour=flavour, step=rng.randint(*raise_steps)))
         else:
             faults.append(Fault(kind, delay, rank))
@@ -393,6 +396,7 @@ class Chaos:
 
         t = self.cfg.topology
         self.replicas, self.world = t.replicas * t.partitions, world_size(t.shards, t.replicas, t.partitions)
+        self.partitions = t.partitions
         self.warm = bool(self.cfg.downpour.warmstart_steps or self.cfg.downpour.warmstart_seconds)
         self.has_crash_step = "crash_at_step" in {f.name for f in dataclasses.fields(FaultsConfig)}
         self.env = impl_env(args.impl)
@@ -411,7 +415,7 @@ class Chaos:
                  "train.max_steps=0", "train.max_epochs=0", "train.target_accuracy=0",
                  f"train.checkpoint_every_seconds={a.checkpoint_every}", "train.eval_every_seconds=1"]
         if fault.kind == "raise" and fault.flavour == "fail_replica":
-            items += [f"faults.fail_replica={fault.rank}", f"faults.fail_at_step={fault.step}"]
+            items += [f"faults.fail_replica={fault.rank // self.partitions}", f"faults.fail_at_step={fault.step}"]
         elif fault.kind == "raise":
             items += [f"faults.crash_rank={fault.rank}"]
             if self.has_crash_step:
@@ -556,7 +560,7 @@ def main_chaos(args: argparse.Namespace) -> int:
                          else f"--runs {args.runs}: need at least 1")
     ch = Chaos(args)
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # unwinds: the job is killed
-    faults = plan(args.seed, args.runs, kinds, ch.replicas, ch.world, args.raise_steps)
+    faults = plan(args.seed, args.runs, kinds, ch.replicas, ch.world, args.raise_steps, ch.partitions)
     ch.out.mkdir(parents=True, exist_ok=True)
     print(f"dbnet chaos: {args.runs} runs of {args.config} ({ch.world} ranks, {args.impl}), seed {args.seed}, "
           f"kinds {','.join(kinds)}; output {ch.out}", flush=True)
