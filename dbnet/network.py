@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 
-from dbnet.kernels import dense_backward, dense_forward, softmax_cross_entropy
+from dbnet.kernels import dense_backward, dense_forward, local as lc, pool, softmax_cross_entropy
 from dbnet.kernels import loss as loss_kernels
 from dbnet.model import Dense, Local, NetSpec, Pool, param_views
 from dbnet.mp.plan import exchanges, local_views, part_sizes, plan
@@ -65,10 +65,10 @@ class Network:
             else:
                 self._in.append(np.empty((B, lp.need[1] - lp.need[0]), F32))
                 self._din.append(np.empty((B, lp.need[1] - lp.need[0]), F32))
-                from dbnet.mp.exchange import Channel
+                from dbnet.mp.exchange import Channel, layer_tag  # (mpi4py only when partitioned)
 
                 kind = "gather" if isinstance(spec.layers[i], Dense) else "halo"
-                self._chan.append(Channel(comm, exs[i], B, lp.need[0], prev.own[0], 16 + 2 * i, timeout,
+                self._chan.append(Channel(comm, exs[i], B, lp.need[0], prev.own[0], layer_tag(i), timeout,
                                           self.stats, kind))
         self._argmax = [np.empty((B, *(lp.rows, *layer.out_shape[1:])), np.int32)
                         if isinstance(layer, Pool) else None
@@ -76,6 +76,8 @@ class Network:
         self._row_loss = np.empty(B, np.float64)
         self._row_hit = np.empty(B, np.int32)
         self._red = np.empty((4, B), np.float64)
+        self._redbuf = np.empty(2 * B, np.float64)
+        self.timeout = timeout
         self._views_cache: dict = {}
 
     # -- parameters ----------------------------------------------------------------------
@@ -122,8 +124,6 @@ class Network:
         rows = rows or (lp.lo, lp.hi)
         if rows[1] <= rows[0]:
             return
-        from dbnet.kernels import local as lc, pool
-
         if isinstance(layer, Local):
             lc.lc_forward(x, w, b, y, layer.k, layer.stride, layer.activation, rows=rows, x_row0=x_row0,
                           y_row0=lp.lo)
@@ -147,8 +147,6 @@ class Network:
         y = self._image(out, n, layer.out_shape, lp.rows)
         dyi = self._image(dy, n, layer.out_shape, lp.rows)
         dxi = None if dx is None else self._image(dx, n, layer.in_shape, x_rows)
-        from dbnet.kernels import local as lc, pool
-
         if isinstance(layer, Local):
             lc.lc_backward(x, w, y, dyi, dw, db, dxi, layer.k, layer.stride, layer.activation, x_row0=x_row0,
                            y_row0=lp.lo)
@@ -168,10 +166,14 @@ class Network:
         return x if i == 0 else self._in[i][:n]
 
     # -- passes --------------------------------------------------------------------------
+    def _waited(self) -> float:
+        st = self.stats
+        return st["halo_seconds"] + st["gather_seconds"] + st["softmax_seconds"]
+
     def forward(self, params: np.ndarray, x: np.ndarray) -> np.ndarray:
         """This partition's logits for ``x`` (batch, n_inputs) float32: a view into the workspace."""
         n = self._check(params, x)
-        t0 = time.perf_counter()
+        t0, w0 = time.perf_counter(), self._waited()
         for i, (w, b) in enumerate(self.views(params)):
             chan = self._chan[i]
             if chan is None:
@@ -192,7 +194,7 @@ class Network:
                 chan.finish_forward(inp, n)
                 self._layer_forward(i, inp, n, w, b, (lp.lo, a))
                 self._layer_forward(i, inp, n, w, b, (c, lp.hi))
-        self.stats["compute_seconds"] += time.perf_counter() - t0
+        self.stats["compute_seconds"] += time.perf_counter() - t0 - (self._waited() - w0)  # waits are not compute
         return self._out[-1][:n]
 
     def _softmax(self, z: np.ndarray, y: np.ndarray, dz) -> tuple[float, int]:
@@ -201,20 +203,24 @@ class Network:
             return softmax_cross_entropy(z, y, dz, self._row_loss, self._row_hit)
         from mpi4py import MPI
 
+        from dbnet.mp.exchange import wait_all
+
         t0 = time.perf_counter()
         red = self._red[:, :n]
         u0 = self.plan[-1].lo
+
+        def reduce(rows: slice, op) -> None:  # an Iallreduce of red[rows] under the job's deadline
+            buf = self._redbuf[: (rows.stop - rows.start) * n].reshape(rows.stop - rows.start, n)
+            buf[...] = red[rows]
+            wait_all([self.comm.Iallreduce(MPI.IN_PLACE, [buf, MPI.DOUBLE], op)], self.timeout,
+                     "the split softmax's reduction across partitions")
+            red[rows] = buf
+
         loss_kernels.split_max(z, red)
-        buf = np.ascontiguousarray(red[0])
-        self.comm.Allreduce(MPI.IN_PLACE, [buf, MPI.DOUBLE], MPI.MAX)
-        red[0] = buf
+        reduce(slice(0, 1), MPI.MAX)
         loss_kernels.split_sums(z, y, u0, self.spec.n_classes, red)
-        buf = np.ascontiguousarray(red[1])
-        self.comm.Allreduce(MPI.IN_PLACE, [buf, MPI.DOUBLE], MPI.MIN)
-        red[1] = buf
-        buf = np.ascontiguousarray(red[2:4])
-        self.comm.Allreduce(MPI.IN_PLACE, [buf, MPI.DOUBLE], MPI.SUM)
-        red[2:4] = buf
+        reduce(slice(1, 2), MPI.MIN)
+        reduce(slice(2, 4), MPI.SUM)
         loss_kernels.split_grad(z, y, u0, z[:0] if dz is None else dz, red, self._row_loss, self._row_hit, 1.0 / n)
         self.stats["softmax_seconds"] += time.perf_counter() - t0
         return float(self._row_loss[:n].sum()), int(self._row_hit[:n].sum())
@@ -229,7 +235,7 @@ class Network:
         n = x.shape[0]
         logits = self.forward(params, x)
         loss, hits = self._softmax(logits, y, logits)  # logits now hold dLoss/dlogits
-        t0 = time.perf_counter()
+        t0, w0 = time.perf_counter(), self._waited()
         pv, gv = self.views(params), self.views(grad)
         for i in range(len(self.spec.layers) - 1, -1, -1):
             w, _ = pv[i]
@@ -246,7 +252,7 @@ class Network:
             if hi > lo:
                 np.copyto(dout[:, lo - prev.own[0]: hi - prev.own[0]], din[:, lo - lp.need[0]: hi - lp.need[0]])
             chan.finish_backward(dout, n)
-        self.stats["compute_seconds"] += time.perf_counter() - t0
+        self.stats["compute_seconds"] += time.perf_counter() - t0 - (self._waited() - w0)
         return loss, hits
 
     def evaluate(self, params: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:

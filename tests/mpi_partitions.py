@@ -22,6 +22,8 @@ SPECS = {
     "lc": ((28, 28), ["local 5 4", "maxpool 2", "local 3 6 stride 2", "avgpool 2 stride 1"], [12], 10),
     "lc-head": ((17, 13), ["local 3 3", "maxpool 3 stride 2", "local 2 5"], [], 4),  # odd sizes, overlapping pool
     "tiny": ((9, 9), ["local 3 2 stride 2", "maxpool 2"], [3], 2),  # fewer rows than partitions for P >= 4
+    "gap": ((20, 20, 2), ["local 3 2 stride 4", "maxpool 2 stride 3"], [5], 6),  # stride > k: rows no one reads
+    "ties": ((28, 28), ["local 5 4", "maxpool 2"], [], 10),  # all-zero parameters: every logit ties
 }
 RTOL = 2e-6  # of the largest gradient element; measured: 1.7e-7
 
@@ -33,11 +35,14 @@ def main(case: str) -> None:
     spec = NetSpec.build(shape, feats, hidden, classes, "relu")
     canon = init_params(spec, 1)
     canon += np.float32(0.01) * np.random.default_rng(2).standard_normal(canon.size).astype(np.float32)  # biases != 0
+    if case == "ties":
+        canon[:] = 0  # the first maximum must win on every partition as in one process: class 0
     rng = np.random.default_rng(0)
     B = 6
     x = rng.standard_normal((B, spec.n_inputs)).astype(np.float32)
     y = rng.integers(0, classes, B).astype(np.int32)
     ref = Network(spec, B)
+    y[: B // 2] = ref.forward(canon, x)[: B // 2].argmax(axis=1)  # planted hits: the split argmax must find them
     g_ref = np.empty_like(canon)
     loss_ref, hits_ref = ref.loss_and_grad(canon, x, y, g_ref)
     ref.forward(canon, x)

@@ -86,7 +86,7 @@ def test_dense_split_needs_all_inputs():
 @pytest.mark.parametrize("case, n, impl", [
     ("lc", 2, "openmpi"), ("lc", 3, "openmpi"), ("lc", 4, "openmpi"), ("lc", 2, "mpich"), ("lc", 3, "mpich"),
     ("lc-head", 3, "openmpi"), ("lc-head", 4, "mpich"), ("mlp", 3, "openmpi"), ("tiny", 5, "openmpi"),
-    ("tiny", 4, "mpich"),
+    ("tiny", 4, "mpich"), ("gap", 3, "openmpi"), ("ties", 3, "openmpi"), ("ties", 2, "mpich"),
 ])
 def test_partitions_match_whole_network(case, n, impl):
     r = run_mpi(n, [case], impl=impl, timeout=90, script=SCRIPT)

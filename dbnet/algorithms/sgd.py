@@ -84,21 +84,38 @@ class _Partitions:
         return [int(v) for v in self._flags[: len(flags)]]
 
     def canonical(self, spec, local: np.ndarray) -> np.ndarray | None:
-        """Gather every partition's ``local`` range on the lead, in the canonical order (collective)."""
+        """Gather every partition's ``local`` range on the lead, in the canonical order (collective, bounded)."""
         from mpi4py import MPI
 
+        from dbnet.mp.exchange import wait_all
         from dbnet.mp.plan import to_canonical
 
         ranges = self._ranges(spec, self.parts)
         full = np.empty(spec.n_params, np.float32) if self.lead else None
         counts = [hi - lo for lo, hi in ranges]
-        self.comm.Gatherv([local, MPI.FLOAT], [full, (counts, [lo for lo, _ in ranges]), MPI.FLOAT] if self.lead
-                          else None, root=0)
+        req = self.comm.Igatherv([local, MPI.FLOAT], [full, (counts, [lo for lo, _ in ranges]), MPI.FLOAT]
+                                 if self.lead else None, root=0)
+        wait_all([req], self.timeout, "every partition's parameters for a checkpoint")
         return to_canonical(spec, self.parts, full) if self.lead else None
 
+    STAT_KEYS = ("compute_seconds", "halo_seconds", "halo_bytes", "gather_seconds", "gather_bytes",
+                 "softmax_seconds")
+
     def stats(self, net) -> dict:
-        every = self.comm.gather({"partition": self.part, "params": net.n_params, **net.stats}, root=0)
-        return {"partitions": every} if self.lead else {}
+        """Every partition's parameters and time/bytes per kind, on the lead (collective, bounded)."""
+        from mpi4py import MPI
+
+        from dbnet.mp.exchange import wait_all
+
+        mine = np.array([net.n_params] + [net.stats[k] for k in self.STAT_KEYS], np.float64)
+        every = np.empty((self.parts, mine.size), np.float64) if self.lead else None
+        wait_all([self.comm.Igather([mine, MPI.DOUBLE], [every, MPI.DOUBLE] if self.lead else None, root=0)],
+                 self.timeout, "every partition's statistics")
+        if not self.lead:
+            return {}
+        return {"partitions": [{"partition": p, "params": int(row[0]),
+                                **{k: (int(v) if k.endswith("bytes") else float(v))
+                                   for k, v in zip(self.STAT_KEYS, row[1:])}} for p, row in enumerate(every)]}
 
 
 def run(cfg: Config, rd: RunDir, resume: ckpt_mod.Checkpoint | None, progress: Progress) -> dict:

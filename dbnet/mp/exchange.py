@@ -24,12 +24,22 @@ from dbnet.mpi import WaitTimeout, wait_for
 
 F32 = np.float32
 
+#: Point-to-point tags on a replica's communicator: layer i's forward blocks use ``TAG_BASE + 2 i``,
+#: their gradients ``TAG_BASE + 2 i + 1`` (nothing else sends point to point on that communicator).
+TAG_BASE = 16
+
+
+def layer_tag(i: int) -> int:
+    """The forward tag of the boundary before layer ``i`` (the backward one is this + 1)."""
+    return TAG_BASE + 2 * i
+
 
 def wait_all(reqs: list, timeout: float, what: str) -> None:
     """Complete ``reqs``: spin briefly (the partner is usually a step away), then poll with back-off.
 
     Raises :class:`~dbnet.errors.PartnerLost` after ``timeout`` seconds of this rank's running time
-    (a partner that was stopped, or hangs): the caller's replica is lost, not the job.
+    (a partner that was stopped, or hangs): the caller's replica is lost, not the job, and its
+    communicator is not used again (its requests are freed, not completed).
     """
     if not reqs:
         return
@@ -40,9 +50,10 @@ def wait_all(reqs: list, timeout: float, what: str) -> None:
     try:
         wait_for(lambda: MPI.Request.Testall(reqs), timeout, what, max_sleep=2e-4)
     except WaitTimeout as e:
-        for r in reqs:
+        for r in reqs:  # a receive is cancelled; a send may not be (MPI-4): free it, never wait on it again
             try:
                 r.Cancel()
+                r.Free()
             except MPI.Exception:
                 pass
         raise PartnerLost(f"{e} (a partition of this replica stopped answering)") from None
