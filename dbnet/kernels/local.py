@@ -38,6 +38,8 @@ multiple of 8 takes plainer (slower) loops.
 
 from __future__ import annotations
 
+import threading
+
 import numba as nb
 import numpy as np
 from numba import types
@@ -320,109 +322,106 @@ def _weights_any(xf, dzf, dwf, dbf, B, Hx, Wx, C, Hy, Wo, M, k, s, x_row0, y_row
 # ------------------------------------------------------------------- dx
 
 @nb.njit(**_JIT)
-def _input8(wf, dzf, dxf, B, Hx, Wx, C, Hy, Wo, M, k, s, x_row0, y_row0, i0, i1, h0, h1, accumulate):
-    """C_out % 8 == 0.  Gathered per input element: ``dx[n, h, col, c]`` sums
-    ``dz[n, i, j, :] . w[i, j, h - i*s, col - j*s, c, :]`` over i, then j (ascending), in
-    8 lanes of maps that are added together once, at the end.  One thread per input row."""
-    kC = k * C
-    P = k * kC
-    xrow = Wx * C
-    xB = Hx * xrow
-    yB = Hy * Wo * M
-    B8 = B - B % 8
-    for hl in nb.prange(h0, h1):
-        h = x_row0 + hl
-        ilo = max(i0, (h - k + s) // s)  # ceil((h - k + 1) / s) for h - k + 1 > -s
-        ihi = min(i1 - 1, h // s)
-        acc = nb.carray(_stack(64, np.float32), (8, 8))
-        wv = nb.carray(_stack(8, np.float32), (8,))
-        red = np.empty((8, 8), np.float32)  # 256 bytes per input row
-        for t in range(xrow):
-            col = t // C
-            c = t - col * C
-            jlo = max(0, (col - k + s) // s)
-            jhi = min(Wo - 1, col // s)
-            for b0 in range(0, B8, 8):
-                for rr in range(8):
-                    for mm in range(8):
-                        acc[rr, mm] = 0.0
-                for m0 in range(0, M, 8):  # outermost: an inner loop over m0 gets vectorized, badly
-                    for i in range(ilo, ihi + 1):
-                        di = h - i * s
-                        for j in range(jlo, jhi + 1):
-                            pos = (i - y_row0) * Wo + j
-                            wq = (pos * P + di * kC + (col - j * s) * C + c) * M + m0
-                            for mm in range(8):
-                                wv[mm] = wf[U(wq + mm)]
-                            for rr in range(8):
-                                zo = (b0 + rr) * yB + pos * M + m0
-                                for mm in range(8):
-                                    acc[rr, mm] += dzf[U(zo + mm)] * wv[mm]
-                # through memory, a row at a time: summing the 8 tiles' rows in one unrolled
-                # block would make LLVM vectorize across rows (gathers) instead of across maps
-                for rr in range(8):
-                    for mm in range(8):
-                        red[rr, mm] = acc[rr, mm]
-                for rr in range(min(8, B - b0)):
-                    v = ((red[rr, 0] + red[rr, 4]) + (red[rr, 2] + red[rr, 6])) + \
-                        ((red[rr, 1] + red[rr, 5]) + (red[rr, 3] + red[rr, 7]))
-                    o = (b0 + rr) * xB + hl * xrow + t
+def _transpose_dz(dzf, zt, B, Bp, Hy, Wo, M, r0, r1):
+    """``zt[(r - r0, j), m, n] = dz[n, r, j, m]`` for the band rows ``r0 <= r < r1``; lanes
+    ``B <= n < Bp`` are 0.  zt: ((r1 - r0) * Wo, M, Bp), examples innermost."""
+    row = Wo * M
+    yB = Hy * row
+    for n in nb.prange((r1 - r0) * Wo):
+        src = r0 * row + n * M
+        dst = n * M * Bp
+        for bb in range(B):
+            for m in range(M):
+                zt[U(dst + m * Bp + bb)] = dzf[U(bb * yB + src + m)]
+        for m in range(M):
+            for bb in range(B, Bp):
+                zt[U(dst + m * Bp + bb)] = 0.0
+
+
+def _make_input(MC, RB):
+    """The dx kernel with ``MC`` maps (0: any, read from the arguments) and ``RB`` patch
+    rows per register tile (a compile-time constant each, so that the weight offsets are).
+
+    One work item per (input row, 16 examples): its 16 lanes are examples, read from
+    the transposed dz (zt).  The row's gradient is accumulated in a row buffer (the
+    caller's scratch ``rbuf``, (row, example block, column * C_in + c, 16 lanes)): for each
+    output row i reading the input row (ascending), each position j (ascending), its k*C_in
+    patch-row weights in tiles of RB rows x 16 lanes: load the tile, add
+    ``dz[n, i, j, m] * w[i, j, di, q, m]`` for m = 0, 1, ..., store it.  So each
+    ``dx[n, h, col, c]`` is one chain of sums over (i, j, m) in that order, whatever the band,
+    the row range or the threads.  A last tile past the patch row (k*C_in not a multiple
+    of RB) adds weights times 0 to the buffer's next rows: exact."""
+    RB16 = RB * 16
+
+    @nb.njit(**_JIT)
+    def kernel(wf, zt, rbuf, dxf, B, Bp, Hx, Wx, C, Hy, Wo, M_, k, s, x_row0, y_row0, i0, i1, h0, h1,
+               accumulate):
+        M = MC if MC else M_
+        kC = k * C
+        P = k * kC
+        xrow = Wx * C
+        xB = Hx * xrow
+        sC = s * C
+        nV = Bp // 16
+        nQ = (kC + RB - 1) // RB
+        rlen = (xrow + RB) * 16
+        for n in nb.prange((h1 - h0) * nV):
+            hl = h0 + n // nV
+            b0 = (n - (hl - h0) * nV) * 16
+            h = x_row0 + hl
+            ro = n * rlen
+            ilo = max(i0, (h - k + s) // s)  # ceil((h - k + 1) / s) for h - k + 1 > -s
+            ihi = min(i1 - 1, h // s)
+            acc = nb.carray(_stack(RB16, np.float32), (RB, 16))
+            zv = nb.carray(_stack(16, np.float32), (16,))
+            off = nb.carray(_stack(RB, np.int64), (RB,))
+            mk = nb.carray(_stack(RB, np.float32), (RB,))
+            for e in range(ro, ro + rlen):
+                rbuf[U(e)] = 0.0
+            for i in range(ilo, ihi + 1):
+                di = h - i * s
+                for j in range(Wo):
+                    wb = (((i - y_row0) * Wo + j) * P + di * kC) * M
+                    zb = (((i - i0) * Wo + j) * M) * Bp + b0
+                    for qb in range(nQ):
+                        q0 = qb * RB
+                        r = ro + (j * sC + q0) * 16
+                        for rr in range(RB):
+                            for ll in range(16):
+                                acc[rr, ll] = rbuf[U(r + rr * 16 + ll)]
+                        if q0 + RB <= kC:
+                            for m in range(M):
+                                for ll in range(16):
+                                    zv[ll] = zt[U(zb + m * Bp + ll)]
+                                for rr in range(RB):
+                                    wv = wf[U(wb + (q0 + rr) * M + m)]
+                                    for ll in range(16):
+                                        acc[rr, ll] += wv * zv[ll]
+                        else:  # the patch row's last, partial tile
+                            for rr in range(RB):
+                                q = min(q0 + rr, kC - 1)
+                                off[rr] = wb + q * M
+                                mk[rr] = np.float32(1.0) if q == q0 + rr else np.float32(0.0)
+                            for m in range(M):
+                                for ll in range(16):
+                                    zv[ll] = zt[U(zb + m * Bp + ll)]
+                                for rr in range(RB):
+                                    wv = wf[U(off[rr] + m)] * mk[rr]
+                                    for ll in range(16):
+                                        acc[rr, ll] += wv * zv[ll]
+                        for rr in range(RB):
+                            for ll in range(16):
+                                rbuf[U(r + rr * 16 + ll)] = acc[rr, ll]
+            for ll in range(min(16, B - b0)):
+                o = (b0 + ll) * xB + hl * xrow
+                for t in range(xrow):
+                    v = rbuf[U(ro + t * 16 + ll)]
                     if accumulate:
-                        dxf[U(o)] += v
+                        dxf[U(o + t)] += v
                     else:
-                        dxf[U(o)] = v
-            for bb in range(B8, B):
-                for mm in range(8):
-                    acc[0, mm] = 0.0
-                for m0 in range(0, M, 8):
-                    for i in range(ilo, ihi + 1):
-                        di = h - i * s
-                        for j in range(jlo, jhi + 1):
-                            pos = (i - y_row0) * Wo + j
-                            wq = (pos * P + di * kC + (col - j * s) * C + c) * M + m0
-                            zo = bb * yB + pos * M + m0
-                            for mm in range(8):
-                                acc[0, mm] += dzf[U(zo + mm)] * wf[U(wq + mm)]
-                v = ((acc[0, 0] + acc[0, 4]) + (acc[0, 2] + acc[0, 6])) + \
-                    ((acc[0, 1] + acc[0, 5]) + (acc[0, 3] + acc[0, 7]))
-                o = bb * xB + hl * xrow + t
-                if accumulate:
-                    dxf[U(o)] += v
-                else:
-                    dxf[U(o)] = v
+                        dxf[U(o + t)] = v
 
-
-@nb.njit(**_JIT)
-def _input_any(wf, dzf, dxf, B, Hx, Wx, C, Hy, Wo, M, k, s, x_row0, y_row0, i0, i1, h0, h1, accumulate):
-    kC = k * C
-    P = k * kC
-    xrow = Wx * C
-    xB = Hx * xrow
-    yB = Hy * Wo * M
-    for hl in nb.prange(h0, h1):
-        h = x_row0 + hl
-        ilo = max(i0, (h - k + s) // s)
-        ihi = min(i1 - 1, h // s)
-        for t in range(xrow):
-            col = t // C
-            c = t - col * C
-            jlo = max(0, (col - k + s) // s)
-            jhi = min(Wo - 1, col // s)
-            for bb in range(B):
-                v = np.float32(0.0)
-                for i in range(ilo, ihi + 1):
-                    di = h - i * s
-                    for j in range(jlo, jhi + 1):
-                        pos = (i - y_row0) * Wo + j
-                        wq = (pos * P + di * kC + (col - j * s) * C + c) * M
-                        zo = bb * yB + pos * M
-                        for m in range(M):
-                            v += dzf[U(zo + m)] * wf[U(wq + m)]
-                o = bb * xB + hl * xrow + t
-                if accumulate:
-                    dxf[U(o)] += v
-                else:
-                    dxf[U(o)] = v
+    return kernel
 
 
 # ------------------------------------------------------- compiled signatures
@@ -433,8 +432,30 @@ _GEOM = (_I,) * 13  # B, Hx, Wx, C, Hy, Wo, M, k, s, x_row0, y_row0, i0, i1
 _FORWARD = {fast: _Kernel(fn, (_F, _F, _F, _F) + _GEOM + (_I,))
             for fast, fn in ((True, _forward8), (False, _forward_any))}
 _WEIGHTS = {fast: _Kernel(fn, (_F, _F, _F, _F) + _GEOM) for fast, fn in ((True, _weights8), (False, _weights_any))}
-_INPUT = {fast: _Kernel(fn, (_F, _F, _F) + _GEOM + (_I, _I, nb.boolean))
-          for fast, fn in ((True, _input8), (False, _input_any))}
+_INPUT: dict = {}  # (maps or 0, tile rows) -> kernel, compiled on first use
+_TRANSPOSE_DZ = _Kernel(_transpose_dz, (_F, _F) + (_I,) * 7)
+
+
+def _input_kernel(M: int, kC: int) -> _Kernel:
+    MC = M if M in (8, 16, 32) else 0
+    RB = next((r for r in (8, 10, 6, 12, 9, 7, 5) if kC % r == 0), 8)
+    key = MC, RB
+    if key not in _INPUT:
+        _INPUT[key] = _Kernel(_make_input(MC, RB), (_F, _F, _F, _F) + (_I,) * 16 + (nb.boolean,))
+    return _INPUT[key]
+
+
+_SCRATCH = threading.local()
+
+
+def _scratch(name: str, size: int) -> np.ndarray:
+    """A float32 scratch vector of at least ``size`` elements, owned by this module and the
+    calling thread: allocated on first use and when a larger one is needed, otherwise reused."""
+    bufs = _SCRATCH.__dict__.setdefault("bufs", {})
+    buf = bufs.get(name)
+    if buf is None or buf.size < size:
+        buf = bufs[name] = np.empty(max(size, 1), np.float32)
+    return buf
 _ACT_BACKWARD = _Kernel(_act_backward, (_F, _F) + (_I,) * 7)
 
 
@@ -536,14 +557,21 @@ def lc_backward_input(w: np.ndarray, dz: np.ndarray, dx: np.ndarray, k: int, str
     rows), so the result is deterministic and independent of the thread count.
     w, dz: as in :func:`lc_backward_weights`.
     """
-    B, Hx, Wx, C = dx.shape
     g = _geometry(dx, dz, w, k, stride, rows, x_row0, y_row0)
+    B, Hx, Wx, C, Hy, Wo, M = g[:7]
     i0, i1 = g[11], g[12]
     h0, h1 = (i0 * stride - x_row0, (i1 - 1) * stride + k - x_row0) if i1 > i0 else (0, 0)
     if not accumulate:
         dx[:, :h0] = 0.0
         dx[:, h1:] = 0.0
-    _INPUT[g[6] % 8 == 0](_flat("w", w, 6), _flat("dz", dz, 4), _flat("dx", dx, 4), *g, h0, h1, bool(accumulate))
+    if h1 <= h0:
+        return
+    Bp = -(-B // 16) * 16
+    zt = _scratch("zt", (i1 - i0) * Wo * M * Bp)
+    _TRANSPOSE_DZ(_flat("dz", dz, 4), zt, B, Bp, Hy, Wo, M, i0 - y_row0, i1 - y_row0)
+    kernel = _input_kernel(M, k * C)
+    rbuf = _scratch("rows", (h1 - h0) * (Bp // 16) * (Wx * C + 12) * 16)  # 12: the largest tile
+    kernel(_flat("w", w, 6), zt, rbuf, _flat("dx", dx, 4), B, Bp, *g[1:], h0, h1, bool(accumulate))
 
 
 def lc_backward(x: np.ndarray, w: np.ndarray, y: np.ndarray, dy: np.ndarray, dw: np.ndarray, db: np.ndarray,
