@@ -138,82 +138,86 @@ def _act(v, code):
 # ------------------------------------------------------------------ forward
 
 @nb.njit(**_JIT)
-def _forward8(xf, wf, bf, yf, B, Hx, Wx, C, Hy, Wo, M, k, s, x_row0, y_row0, i0, i1, act):
-    """C_out % 8 == 0: tiles of 8 examples x 8 maps, summed over the patch in (di, dj, c) order."""
-    kC = k * C
-    P = k * kC
-    xrow = Wx * C
+def _transpose_x(xf, xt, B, Bp, Hx, xrow, h0, h1):
+    """``xt[h - h0, t, n] = x[n, h, t]`` (t = column * C_in + c) for the band rows
+    ``h0 <= h < h1``; lanes ``B <= n < Bp`` are 0.  xt: (h1 - h0, W * C_in, Bp)."""
     xB = Hx * xrow
-    yB = Hy * Wo * M
-    B8 = B - B % 8
-    for n in nb.prange((i1 - i0) * Wo):
-        i = i0 + n // Wo
-        j = n - (n // Wo) * Wo
-        pos = (i - y_row0) * Wo + j  # position in the band's w, b, y
-        xo = (i * s - x_row0) * xrow + j * s * C  # the patch's top-left in one example
-        acc = nb.carray(_stack(64, np.float32), (8, 8))
-        wv = nb.carray(_stack(8, np.float32), (8,))
-        for m0 in range(0, M, 8):
-            bo = pos * M + m0
-            for b0 in range(0, B8, 8):  # full tiles, then (below) one example at a time
-                for rr in range(8):
-                    for mm in range(8):
-                        acc[rr, mm] = bf[U(bo + mm)]
-                for di in range(k):
-                    xd = b0 * xB + xo + di * xrow
-                    wd = (pos * P + di * kC) * M + m0
-                    for q in range(kC):
-                        for mm in range(8):
-                            wv[mm] = wf[U(wd + q * M + mm)]
-                        for rr in range(8):
-                            a = xf[U(xd + rr * xB + q)]
-                            for mm in range(8):
-                                acc[rr, mm] += a * wv[mm]
-                for rr in range(8):
-                    yo = (b0 + rr) * yB + bo
-                    if act == 0:  # one branch per row, so that the 8 maps vectorize
-                        for mm in range(8):
-                            yf[U(yo + mm)] = _act(acc[rr, mm], 0)
-                    else:
-                        for mm in range(8):
-                            yf[U(yo + mm)] = _act(acc[rr, mm], act)
-            for bb in range(B8, B):
-                for mm in range(8):
-                    acc[0, mm] = bf[U(bo + mm)]
-                for di in range(k):
-                    xd = bb * xB + xo + di * xrow
-                    wd = (pos * P + di * kC) * M + m0
-                    for q in range(kC):
-                        a = xf[U(xd + q)]
-                        for mm in range(8):
-                            acc[0, mm] += a * wf[U(wd + q * M + mm)]
-                yo = bb * yB + bo
-                for mm in range(8):
-                    yf[U(yo + mm)] = _act(acc[0, mm], act)
-
-
-@nb.njit(**_JIT)
-def _forward_any(xf, wf, bf, yf, B, Hx, Wx, C, Hy, Wo, M, k, s, x_row0, y_row0, i0, i1, act):
-    """Any C_out: one output at a time."""
-    kC = k * C
-    P = k * kC
-    xrow = Wx * C
-    xB = Hx * xrow
-    yB = Hy * Wo * M
-    for n in nb.prange((i1 - i0) * Wo):
-        i = i0 + n // Wo
-        j = n - (n // Wo) * Wo
-        pos = (i - y_row0) * Wo + j
-        xo = (i * s - x_row0) * xrow + j * s * C
+    for hl in nb.prange(h1 - h0):
+        dst = hl * xrow * Bp
         for bb in range(B):
-            for m in range(M):
-                a = bf[U(pos * M + m)]
-                for di in range(k):
-                    xd = bb * xB + xo + di * xrow
-                    wd = (pos * P + di * kC) * M + m
-                    for q in range(kC):
-                        a += xf[U(xd + q)] * wf[U(wd + q * M)]
-                yf[U(bb * yB + pos * M + m)] = _act(a, act)
+            src = bb * xB + (h0 + hl) * xrow
+            for t in range(xrow):
+                xt[U(dst + t * Bp + bb)] = xf[U(src + t)]
+        for t in range(xrow):
+            for bb in range(B, Bp):
+                xt[U(dst + t * Bp + bb)] = 0.0
+
+
+def _make_forward(MC, MT):
+    """The forward kernel for ``MC`` maps (0: any) in tiles of ``MT`` maps (dividing C_out).
+
+    One work item per output position; tiles of MT maps x 16 examples (the lanes, read
+    from the transposed x band ``xt``, whose row 0 is the band's row ``xh0``).  Each output
+    is ``bias + sum`` over the patch in (di, dj, c) order, one chain; :func:`_activate` then
+    applies the activation in a second pass over the rows (inline, the SLP vectorizer
+    made it only 4 lanes wide)."""
+    MT16 = MT * 16
+
+    @nb.njit(**_JIT)
+    def kernel(xt, wf, bf, yf, B, Bp, Hx, Wx, C, Hy, Wo, M_, k, s, x_row0, y_row0, i0, i1, xh0):
+        M = MC if MC else M_
+        kC = k * C
+        P = k * kC
+        xrow = Wx * C
+        yB = Hy * Wo * M
+        sC = s * C
+        for n in nb.prange((i1 - i0) * Wo):
+            i = i0 + n // Wo
+            j = n - (n // Wo) * Wo
+            pos = (i - y_row0) * Wo + j
+            acc = nb.carray(_stack(MT16, np.float32), (MT, 16))
+            xv = nb.carray(_stack(16, np.float32), (16,))
+            for b0 in range(0, Bp, 16):
+                for m0 in range(0, M, MT):
+                    bo = pos * M + m0
+                    for mm in range(MT):
+                        bv = bf[U(bo + mm)]
+                        for ll in range(16):
+                            acc[mm, ll] = bv
+                    for di in range(k):
+                        xd = ((i * s + di - xh0) * xrow + j * sC) * Bp + b0
+                        wd = (pos * P + di * kC) * M + m0
+                        for q in range(kC):
+                            for ll in range(16):
+                                xv[ll] = xt[U(xd + q * Bp + ll)]
+                            for mm in range(MT):
+                                wv = wf[U(wd + q * M + mm)]
+                                for ll in range(16):
+                                    acc[mm, ll] += wv * xv[ll]
+                    for ll in range(min(16, B - b0)):
+                        yo = (b0 + ll) * yB + bo
+                        for mm in range(MT):
+                            yf[U(yo + mm)] = acc[mm, ll]
+
+    return kernel
+
+
+@nb.njit(nogil=True, cache=True, parallel=True, fastmath={"contract", "nnan", "ninf", "nsz", "arcp"})
+def _activate(yf, B, Hy, row, r0, r1, act):
+    """In place, ``y = act(y)`` on the band rows ``[r0, r1)``; compiled with Numba's usual
+    loop vectorizer (16 lanes here)."""
+    for n in nb.prange(B * (r1 - r0)):
+        bb = n // (r1 - r0)
+        o = (bb * Hy + r0 + n - bb * (r1 - r0)) * row
+        if act == 0:  # one loop per activation, each vectorized
+            for e in range(o, o + row):
+                yf[U(e)] = _act(yf[U(e)], 0)
+        elif act == 1:
+            for e in range(o, o + row):
+                yf[U(e)] = _act(yf[U(e)], 1)
+        elif act == 2:
+            for e in range(o, o + row):
+                yf[U(e)] = _act(yf[U(e)], 2)
 
 
 # ------------------------------------------------------------- dz = dy * act'
@@ -429,8 +433,17 @@ def _make_input(MC, RB):
 _F = nb.float32[::1]
 _I = nb.int64
 _GEOM = (_I,) * 13  # B, Hx, Wx, C, Hy, Wo, M, k, s, x_row0, y_row0, i0, i1
-_FORWARD = {fast: _Kernel(fn, (_F, _F, _F, _F) + _GEOM + (_I,))
-            for fast, fn in ((True, _forward8), (False, _forward_any))}
+_FORWARD: dict = {}  # (maps or 0, tile maps) -> kernel, compiled on first use
+_TRANSPOSE_X = _Kernel(_transpose_x, (_F, _F) + (_I,) * 6)
+
+
+def _forward_kernel(M: int) -> _Kernel:
+    MC = M if M in (8, 16, 32) else 0
+    MT = next(t for t in (16, 8, 12, 10, 6, 4, 5, 7, 3, 2, 1) if M % t == 0)
+    key = MC, MT
+    if key not in _FORWARD:
+        _FORWARD[key] = _Kernel(_make_forward(MC, MT), (_F, _F, _F, _F) + (_I,) * 15)
+    return _FORWARD[key]
 _WEIGHTS = {fast: _Kernel(fn, (_F, _F, _F, _F) + _GEOM) for fast, fn in ((True, _weights8), (False, _weights_any))}
 _INPUT: dict = {}  # (maps or 0, tile rows) -> kernel, compiled on first use
 _TRANSPOSE_DZ = _Kernel(_transpose_dz, (_F, _F) + (_I,) * 7)
@@ -512,8 +525,18 @@ def lc_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, k: in
     """
     g = _geometry(x, y, w, k, stride, rows, x_row0, y_row0)
     _expect("b", b, y.shape[1:])
-    _FORWARD[g[6] % 8 == 0](_flat("x", x, 4), _flat("w", w, 6), _flat("b", b, 3), _flat("y", y, 4), *g,
-                            _ACT[activation])
+    B, Hx, Wx, C, Hy, Wo, M = g[:7]
+    i0, i1 = g[11], g[12]
+    if i1 <= i0:
+        return
+    h0, h1 = i0 * stride - x_row0, (i1 - 1) * stride + k - x_row0  # the band rows read
+    Bp = -(-B // 16) * 16
+    xt = _scratch("xt", (h1 - h0) * Wx * C * Bp)
+    _TRANSPOSE_X(_flat("x", x, 4), xt, B, Bp, Hx, Wx * C, h0, h1)
+    yf = _flat("y", y, 4)
+    _forward_kernel(M)(xt, _flat("w", w, 6), _flat("b", b, 3), yf, B, Bp, *g[1:], h0 + x_row0)
+    if activation != "linear":
+        _activate(yf, B, Hy, Wo * M, i0 - y_row0, i1 - y_row0, _ACT[activation])
 
 
 def lc_activation_backward(dy: np.ndarray, y: np.ndarray, activation: str,
