@@ -75,7 +75,7 @@ def test_lc_first_layer_skips_dx():
     assert np.isfinite(dw).all() and np.isfinite(db).all()
 
 
-@pytest.mark.parametrize("k, s, M", [(3, 1, 8), (4, 2, 5)])
+@pytest.mark.parametrize("k, s, M", [(3, 1, 8), (4, 2, 5), (6, 1, 8), (6, 2, 5)])  # k * C_in < 16 and >= 16
 def test_lc_band_equals_rows_of_full_call(k, s, M):
     """A partition holding x rows [x_row0, ...) and output rows [y_row0, ...) reproduces the full call."""
     B, H, W, C = 9, 23, 11, 3

@@ -26,14 +26,25 @@ every output element is summed in the same fixed order whatever the band,
 the row range or the number of threads.
 
 **Speed.**  Per output position the work is a (batch x k*k*C_in) @
-(k*k*C_in x C_out) product with a small C_out.  The kernels hold an 8 x 8
-tile of accumulators in registers (8 examples or 8 weight rows by 8 maps,
-AVX/AVX-512 lanes) and keep the position's weights in L1 while the whole
-batch streams past them; nothing is gathered into an im2col buffer.  That
-register tile needs LLVM's SLP vectorizer, which Numba leaves off by default
-(numba#8705); :class:`_Kernel` compiles these kernels, and only these, with it
-on, and the tests check them against the numpy twins.  C_out that is not a
-multiple of 8 takes plainer (slower) loops.
+(k*k*C_in x C_out) product with a small C_out.  The kernels hold a tile of
+accumulators in registers and keep the position's weights in L1 while the
+batch streams past them; nothing is gathered into an im2col buffer:
+
+* forward and dx put 16 examples in the vector lanes (AVX-512), reading x and
+  dz from copies transposed once per call to (row, column, example) order
+  (module-owned scratch, allocated once per thread and reused; see
+  :func:`_scratch`).  The forward tiles up to 16 maps x 16 examples and applies
+  the activation in a separate vectorized pass; dx accumulates an input row
+  in a row buffer, tiled over each position's patch row, so no tile hangs over
+  a patch's edge;
+* dw puts 16 consecutive entries of a patch row in the lanes (k*C_in >= 16,
+  read straight from x) x up to 16 maps, else 8 patch entries x the maps.
+
+Those register tiles need LLVM's SLP vectorizer, which Numba leaves off by
+default (numba#8705); :class:`_Kernel` compiles these kernels, and only these,
+with it on, and the tests check them against the numpy twins.  The map count
+and tile sizes are compile-time constants, one compiled kernel per
+combination used; any C_out works (tiles of its largest divisor <= 16).
 """
 
 from __future__ import annotations
@@ -242,85 +253,124 @@ def _act_backward(dyf, yf, B, Hy, Wo, M, r0, r1, act):
 
 # ------------------------------------------------------------ dw, db
 
-@nb.njit(**_JIT)
-def _weights8(xf, dzf, dwf, dbf, B, Hx, Wx, C, Hy, Wo, M, k, s, x_row0, y_row0, i0, i1):
-    """C_out % 8 == 0: tiles of 8 weight rows x 8 maps, summed over the batch in order."""
-    kC = k * C
-    P = k * kC
-    xrow = Wx * C
-    xB = Hx * xrow
-    yB = Hy * Wo * M
-    P8 = P - P % 8
-    for n in nb.prange((i1 - i0) * Wo):
-        i = i0 + n // Wo
-        j = n - (n // Wo) * Wo
-        pos = (i - y_row0) * Wo + j
-        xo = (i * s - x_row0) * xrow + j * s * C
-        acc = nb.carray(_stack(64, np.float32), (8, 8))
-        dv = nb.carray(_stack(8, np.float32), (8,))
-        off = nb.carray(_stack(8, np.int64), (8,))
-        for m0 in range(0, M, 8):
-            zo = pos * M + m0
-            for p0 in range(0, P8, 8):
-                for rr in range(8):
-                    di = (p0 + rr) // kC
-                    off[rr] = xo + di * xrow + (p0 + rr - di * kC)
-                for rr in range(8):
-                    for mm in range(8):
-                        acc[rr, mm] = 0.0
-                for bb in range(B):
-                    for mm in range(8):
-                        dv[mm] = dzf[U(bb * yB + zo + mm)]
+def _make_weights(MC, MT):
+    """The dw, db kernel for ``MC`` maps (0: any) in tiles of ``MT`` maps (dividing C_out).
+
+    One work item per output position; tiles of 8 weight rows x MT maps (the lanes),
+    each summed over the batch in order.  The patch is read from the transposed x band
+    ``xt`` (row 0 = the band's row ``xh0``): a weight row's inputs for consecutive
+    examples are adjacent there."""
+    MT8 = MT * 8
+
+    @nb.njit(**_JIT)
+    def kernel(xt, dzf, dwf, dbf, B, Bp, Hx, Wx, C, Hy, Wo, M_, k, s, x_row0, y_row0, i0, i1, xh0):
+        M = MC if MC else M_
+        kC = k * C
+        P = k * kC
+        xrow = Wx * C
+        yB = Hy * Wo * M
+        sC = s * C
+        P8 = P - P % 8
+        for n in nb.prange((i1 - i0) * Wo):
+            i = i0 + n // Wo
+            j = n - (n // Wo) * Wo
+            pos = (i - y_row0) * Wo + j
+            xo = (i * s - xh0) * xrow + j * sC  # the patch's top-left in xt's rows
+            acc = nb.carray(_stack(MT8, np.float32), (8, MT))
+            dv = nb.carray(_stack(MT, np.float32), (MT,))
+            off = nb.carray(_stack(8, np.int64), (8,))
+            for m0 in range(0, M, MT):
+                zo = pos * M + m0
+                for p0 in range(0, P8, 8):
                     for rr in range(8):
-                        a = xf[U(bb * xB + off[rr])]
-                        for mm in range(8):
-                            acc[rr, mm] += a * dv[mm]
-                for rr in range(8):
-                    wo = (pos * P + p0 + rr) * M + m0
-                    for mm in range(8):
-                        dwf[U(wo + mm)] = acc[rr, mm]
-            for p in range(P8, P + 1):  # the last rows of w one at a time; p == P is the bias
-                di = p // kC
-                o = xo + di * xrow + (p - di * kC)
-                for mm in range(8):
+                        di = (p0 + rr) // kC
+                        off[rr] = (xo + di * xrow + (p0 + rr - di * kC)) * Bp
+                    for rr in range(8):
+                        for mm in range(MT):
+                            acc[rr, mm] = 0.0
+                    for bb in range(B):
+                        for mm in range(MT):
+                            dv[mm] = dzf[U(bb * yB + zo + mm)]
+                        for rr in range(8):
+                            a = xt[U(off[rr] + bb)]
+                            for mm in range(MT):
+                                acc[rr, mm] += a * dv[mm]
+                    for rr in range(8):
+                        wo = (pos * P + p0 + rr) * M + m0
+                        for mm in range(MT):
+                            dwf[U(wo + mm)] = acc[rr, mm]
+                for p in range(P8, P + 1):  # the last rows of w one at a time; p == P is the bias
+                    di = p // kC
+                    o = (xo + di * xrow + (p - di * kC)) * Bp
+                    for mm in range(MT):
+                        acc[0, mm] = 0.0
+                    for bb in range(B):
+                        a = xt[U(o + bb)] if p < P else np.float32(1.0)
+                        for mm in range(MT):
+                            acc[0, mm] += a * dzf[U(bb * yB + zo + mm)]
+                    if p < P:
+                        wo = (pos * P + p) * M + m0
+                        for mm in range(MT):
+                            dwf[U(wo + mm)] = acc[0, mm]
+                    else:
+                        for mm in range(MT):
+                            dbf[U(zo + mm)] = acc[0, mm]
+
+    return kernel
+
+
+def _make_weights_q(MC, MT):
+    """The dw, db kernel for patch rows of at least 16 (k * C_in >= 16), ``MC`` maps (0: any) in
+    tiles of ``MT``: tiles of MT maps x 16 consecutive entries of a patch row (the lanes,
+    contiguous in x), each summed over the batch in order.  The last tile of a patch row
+    starts at k*C_in - 16 and recomputes a few entries, bit for bit the same."""
+    MT16 = MT * 16
+
+    @nb.njit(**_JIT)
+    def kernel(xf, dzf, dwf, dbf, B, Hx, Wx, C, Hy, Wo, M_, k, s, x_row0, y_row0, i0, i1):
+        M = MC if MC else M_
+        kC = k * C
+        P = k * kC
+        xrow = Wx * C
+        xB = Hx * xrow
+        yB = Hy * Wo * M
+        nQ = (kC + 15) // 16
+        for n in nb.prange((i1 - i0) * Wo):
+            i = i0 + n // Wo
+            j = n - (n // Wo) * Wo
+            pos = (i - y_row0) * Wo + j
+            xo = (i * s - x_row0) * xrow + j * s * C
+            acc = nb.carray(_stack(MT16, np.float32), (MT, 16))
+            xv = nb.carray(_stack(16, np.float32), (16,))
+            for m0 in range(0, M, MT):
+                zo = pos * M + m0
+                for di in range(k):
+                    for qb in range(nQ):
+                        q0 = min(qb * 16, kC - 16)
+                        xd = xo + di * xrow + q0
+                        for mm in range(MT):
+                            for ll in range(16):
+                                acc[mm, ll] = 0.0
+                        for bb in range(B):
+                            for ll in range(16):
+                                xv[ll] = xf[U(bb * xB + xd + ll)]
+                            for mm in range(MT):
+                                a = dzf[U(bb * yB + zo + mm)]
+                                for ll in range(16):
+                                    acc[mm, ll] += a * xv[ll]
+                        wo = (pos * P + di * kC + q0) * M + m0
+                        for ll in range(16):
+                            for mm in range(MT):
+                                dwf[U(wo + ll * M + mm)] = acc[mm, ll]
+                for mm in range(MT):
                     acc[0, mm] = 0.0
                 for bb in range(B):
-                    a = xf[U(bb * xB + o)] if p < P else np.float32(1.0)
-                    for mm in range(8):
-                        acc[0, mm] += a * dzf[U(bb * yB + zo + mm)]
-                if p < P:
-                    wo = (pos * P + p) * M + m0
-                    for mm in range(8):
-                        dwf[U(wo + mm)] = acc[0, mm]
-                else:
-                    for mm in range(8):
-                        dbf[U(zo + mm)] = acc[0, mm]
+                    for mm in range(MT):
+                        acc[0, mm] += dzf[U(bb * yB + zo + mm)]
+                for mm in range(MT):
+                    dbf[U(zo + mm)] = acc[0, mm]
 
-
-@nb.njit(**_JIT)
-def _weights_any(xf, dzf, dwf, dbf, B, Hx, Wx, C, Hy, Wo, M, k, s, x_row0, y_row0, i0, i1):
-    kC = k * C
-    P = k * kC
-    xrow = Wx * C
-    xB = Hx * xrow
-    yB = Hy * Wo * M
-    for n in nb.prange((i1 - i0) * Wo):
-        i = i0 + n // Wo
-        j = n - (n // Wo) * Wo
-        pos = (i - y_row0) * Wo + j
-        xo = (i * s - x_row0) * xrow + j * s * C
-        for m in range(M):
-            a = np.float32(0.0)
-            for bb in range(B):
-                a += dzf[U(bb * yB + pos * M + m)]
-            dbf[U(pos * M + m)] = a
-            for p in range(P):
-                di = p // kC
-                o = xo + di * xrow + (p - di * kC)
-                a = np.float32(0.0)
-                for bb in range(B):
-                    a += xf[U(bb * xB + o)] * dzf[U(bb * yB + pos * M + m)]
-                dwf[U((pos * P + p) * M + m)] = a
+    return kernel
 
 
 # ------------------------------------------------------------------- dx
@@ -444,7 +494,21 @@ def _forward_kernel(M: int) -> _Kernel:
     if key not in _FORWARD:
         _FORWARD[key] = _Kernel(_make_forward(MC, MT), (_F, _F, _F, _F) + (_I,) * 15)
     return _FORWARD[key]
-_WEIGHTS = {fast: _Kernel(fn, (_F, _F, _F, _F) + _GEOM) for fast, fn in ((True, _weights8), (False, _weights_any))}
+_WEIGHTS: dict = {}  # (maps or 0, tile maps) -> kernel, compiled on first use
+
+
+def _tile(M: int) -> int:
+    """Maps per tile: 16 or 8 where they divide C_out, else C_out's largest divisor <= 16."""
+    return next(t for t in range(16, 0, -1) if M % t == 0 and (t in (16, 8) or M % 8))
+
+
+def _weights_kernel(M: int, long_rows: bool) -> _Kernel:
+    """The dw kernel: :func:`_make_weights_q` for patch rows of 16 or more, else :func:`_make_weights`."""
+    key = M if M in (8, 16, 32) else 0, _tile(M), long_rows
+    if key not in _WEIGHTS:
+        _WEIGHTS[key] = _Kernel(_make_weights_q(*key[:2]), (_F, _F, _F, _F) + (_I,) * 13) if long_rows else \
+            _Kernel(_make_weights(*key[:2]), (_F, _F, _F, _F) + (_I,) * 15)
+    return _WEIGHTS[key]
 _INPUT: dict = {}  # (maps or 0, tile rows) -> kernel, compiled on first use
 _TRANSPOSE_DZ = _Kernel(_transpose_dz, (_F, _F) + (_I,) * 7)
 
@@ -564,7 +628,19 @@ def lc_backward_weights(x: np.ndarray, dz: np.ndarray, dw: np.ndarray, db: np.nd
     """
     g = _geometry(x, dz, dw, k, stride, rows, x_row0, y_row0)
     _expect("db", db, dz.shape[1:])
-    _WEIGHTS[g[6] % 8 == 0](_flat("x", x, 4), _flat("dz", dz, 4), _flat("dw", dw, 6), _flat("db", db, 3), *g)
+    B, Hx, Wx, C, Hy, Wo, M = g[:7]
+    i0, i1 = g[11], g[12]
+    if i1 <= i0:
+        return
+    xf, dzf, dwf, dbf = _flat("x", x, 4), _flat("dz", dz, 4), _flat("dw", dw, 6), _flat("db", db, 3)
+    if k * C >= 16:
+        _weights_kernel(M, True)(xf, dzf, dwf, dbf, *g)
+        return
+    h0, h1 = i0 * stride - x_row0, (i1 - 1) * stride + k - x_row0
+    Bp = -(-B // 16) * 16
+    xt = _scratch("xt", (h1 - h0) * Wx * C * Bp)
+    _TRANSPOSE_X(xf, xt, B, Bp, Hx, Wx * C, h0, h1)
+    _weights_kernel(M, False)(xt, dzf, dwf, dbf, B, Bp, *g[1:], h0 + x_row0)
 
 
 def lc_backward_input(w: np.ndarray, dz: np.ndarray, dx: np.ndarray, k: int, stride: int,
