@@ -5,7 +5,8 @@
 * :mod:`dbnet.ps.shard` - the shard's service step: apply pushed gradients with
   the update rule, answer checkpoint snapshots, count staleness.
 * :mod:`dbnet.ps.service` - a shard rank's life: take its slice, serve until stopped.
-* :mod:`dbnet.ps.client` - fetch, push and snapshot, as clients (replica partitions, each on its range) and the lead do them.
+* :mod:`dbnet.ps.client` - fetch, push and snapshot, as clients (replica partitions, each on its range)
+  and the lead do them.
 * :mod:`dbnet.ps.transport` - a replica's fetch/push schedule, in its training thread or overlapped.
 """
 
