@@ -16,73 +16,147 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from dbnet.kernels.local import _flat, output_size
+from dbnet.kernels.local import _Kernel, _flat, _stack, output_size
 
 _JIT = dict(nogil=True, cache=True, parallel=True)
 MODES = ("max", "avg")
+U = nb.uint64  # unsigned flat indices: no negative-index wraparound, contiguous loads for LLVM
 
 
-@nb.njit(**_JIT)
-def _forward(x, y, argmax, k, s, x_row0, y_row0, i0, i1, is_max):
-    B, _, _, C = x.shape
-    Wo = y.shape[2]
+def _make_forward(CB, k, s, is_max):
+    """The forward kernel for channel blocks of ``CB`` lanes (C a multiple of CB) and the
+    window ``k``, stride ``s`` (compile-time constants: the window loops unroll).
+
+    One work item per (example, output row); per output position and block of CB channels
+    the window is scanned in (di, dj) order with strict ``>`` (ties: the first), holding
+    the best values and their window indices in registers (the SLP vectorizer makes the
+    CB lanes one vector).  Average pooling sums in (di, dj) order, then scales."""
     scale = np.float32(1.0 / (k * k))
-    for n in nb.prange(B * (i1 - i0)):
-        bb = n // (i1 - i0)
-        i = i0 + n - bb * (i1 - i0)
-        iy = i - y_row0
-        hx = i * s - x_row0
-        for j in range(Wo):
-            for c in range(C):
-                if is_max:
-                    best = x[bb, hx, j * s, c]
-                    at = 0
-                    for di in range(k):
-                        for dj in range(k):
-                            v = x[bb, hx + di, j * s + dj, c]
-                            if v > best:
-                                best = v
-                                at = di * k + dj
-                    y[bb, iy, j, c] = best
-                    argmax[bb, iy, j, c] = at
-                else:
-                    acc = np.float32(0.0)
-                    for di in range(k):
-                        for dj in range(k):
-                            acc += x[bb, hx + di, j * s + dj, c]
-                    y[bb, iy, j, c] = acc * scale
+
+    @nb.njit(**_JIT)
+    def kernel(xf, yf, af, B, Hx, W, C, Hy, Wo, x_row0, y_row0, i0, i1):
+        nr = i1 - i0
+        xrow, yrow, sC = W * C, Wo * C, s * C
+        for n in nb.prange(B * nr):
+            bb = n // nr
+            i = i0 + n - bb * nr
+            xb = (bb * Hx + i * s - x_row0) * xrow
+            yb = (bb * Hy + i - y_row0) * yrow
+            acc = nb.carray(_stack(CB, np.float32), (CB,))
+            at = nb.carray(_stack(CB, np.int32), (CB,))
+            for j in range(Wo):
+                for c0 in range(0, C, CB):
+                    xo = xb + j * sC + c0
+                    yo = yb + j * C + c0
+                    if is_max:
+                        for cc in range(CB):
+                            acc[cc] = xf[U(xo + cc)]
+                            at[cc] = 0
+                        for di in range(k):
+                            for dj in range(k):
+                                o = xo + di * xrow + dj * C
+                                code = np.int32(di * k + dj)
+                                for cc in range(CB):
+                                    v = xf[U(o + cc)]
+                                    better = v > acc[cc]
+                                    acc[cc] = v if better else acc[cc]
+                                    at[cc] = code if better else at[cc]
+                        for cc in range(CB):
+                            yf[U(yo + cc)] = acc[cc]
+                            af[U(yo + cc)] = at[cc]
+                    else:
+                        for cc in range(CB):
+                            acc[cc] = 0.0
+                        for di in range(k):
+                            for dj in range(k):
+                                o = xo + di * xrow + dj * C
+                                for cc in range(CB):
+                                    acc[cc] += xf[U(o + cc)]
+                        for cc in range(CB):
+                            yf[U(yo + cc)] = acc[cc] * scale
+
+    return kernel
 
 
-@nb.njit(**_JIT)
-def _backward(dy, argmax, dx, k, s, x_row0, y_row0, i0, i1, h0, h1, is_max, accumulate):
-    """Gathered per input element: the windows that cover it, in (i, j) order."""
-    B, _, W, C = dx.shape
-    Wo = dy.shape[2]
+def _make_backward(CB, k, s, is_max, accumulate):
+    """The dx kernel for channel blocks of ``CB`` lanes, window ``k``, stride ``s``: a gather
+    per input element.
+
+    One work item per (example, input row h); each dx element sums, in registers, the
+    gradients of the windows covering it in (i, j) order (output rows i covering h, then
+    columns j covering the column), so the sum is fixed whatever the band, the row range
+    or the thread count.  Columns go by residue r = col % s: the windows of column
+    ``m * s + r`` are ``j in [m - d, m]``, ``d = (k - 1 - r) // s``, a compile-time count
+    away from the edges."""
     scale = np.float32(1.0 / (k * k))
-    nh = h1 - h0
-    for n in nb.prange(B * nh):
-        bb = n // nh
-        hl = h0 + n - bb * nh
-        h = x_row0 + hl
-        ilo = max(i0, (h - k + s) // s)
-        ihi = min(i1 - 1, h // s)
-        for col in range(W):
-            jlo = max(0, (col - k + s) // s)
-            jhi = min(Wo - 1, col // s)
-            for c in range(C):
-                acc = np.float32(0.0)
-                for i in range(ilo, ihi + 1):
-                    iy = i - y_row0
-                    for j in range(jlo, jhi + 1):
-                        if is_max:
-                            if argmax[bb, iy, j, c] == (h - i * s) * k + (col - j * s):
-                                acc += dy[bb, iy, j, c]
-                        else:
-                            acc += dy[bb, iy, j, c] * scale
-                if accumulate:
-                    dx[bb, hl, col, c] += acc
-                else:
-                    dx[bb, hl, col, c] = acc
+
+    @nb.njit(inline="always")
+    def add(acc, dyf, af, o, code):
+        if is_max:
+            for cc in range(CB):
+                g = dyf[U(o + cc)]
+                acc[cc] += g if af[U(o + cc)] == code else np.float32(0.0)
+        else:
+            for cc in range(CB):
+                acc[cc] += dyf[U(o + cc)] * scale
+
+    @nb.njit(**_JIT)
+    def kernel(dyf, af, dxf, B, Hx, W, C, Hy, Wo, x_row0, y_row0, i0, i1, h0, h1):
+        nh = h1 - h0
+        xrow, yrow = W * C, Wo * C
+        for n in nb.prange(B * nh):
+            bb = n // nh
+            hl = h0 + n - bb * nh
+            h = x_row0 + hl
+            ilo = max(i0, (h - k + s) // s)
+            ihi = min(i1 - 1, h // s)
+            xb = (bb * Hx + hl) * xrow
+            acc = nb.carray(_stack(CB, np.float32), (CB,))
+            for r in range(min(s, W)):
+                d = (k - 1 - r) // s if k - 1 >= r else -1
+                for m in range((W - r + s - 1) // s):
+                    col = m * s + r
+                    inner = m >= d and m < Wo  # all d + 1 windows j in [m - d, m] exist
+                    jlo = max(0, m - d)
+                    jhi = min(Wo - 1, m)
+                    for c0 in range(0, C, CB):
+                        for cc in range(CB):
+                            acc[cc] = 0.0
+                        for i in range(ilo, ihi + 1):
+                            code0 = (h - i * s) * k + col
+                            yb = (bb * Hy + i - y_row0) * yrow + c0
+                            if inner:
+                                for t in range(d + 1):
+                                    j = m - d + t
+                                    add(acc, dyf, af, yb + j * C, np.int32(code0 - j * s))
+                            else:
+                                for j in range(jlo, jhi + 1):
+                                    add(acc, dyf, af, yb + j * C, np.int32(code0 - j * s))
+                        xo = xb + col * C + c0
+                        for cc in range(CB):
+                            if accumulate:
+                                dxf[U(xo + cc)] += acc[cc]
+                            else:
+                                dxf[U(xo + cc)] = acc[cc]
+
+    return kernel
+
+
+_F, _A, _I = nb.float32[::1], nb.int32[::1], nb.int64
+_KERNELS: dict = {}  # (forward?, lanes, k, stride, max?, accumulate?) -> kernel, compiled on first use
+
+
+def _lanes(C: int) -> int:
+    """Channels per register block: C's largest power-of-two divisor, at most 16."""
+    return next(t for t in (16, 8, 4, 2, 1) if C % t == 0)
+
+
+def _kernel(forward: bool, C: int, k: int, s: int, is_max: bool, accumulate: bool = False) -> _Kernel:
+    key = forward, _lanes(C), k, s, is_max, accumulate and not forward
+    if key not in _KERNELS:
+        _KERNELS[key] = _Kernel(_make_forward(*key[1:5]), (_F, _F, _A) + (_I,) * 10) if forward else \
+            _Kernel(_make_backward(*key[1:]), (_F, _A, _F) + (_I,) * 12)
+    return _KERNELS[key]
 
 
 def _rows(x_shape, y_shape, k, stride, rows, x_row0, y_row0, mode):
@@ -116,8 +190,11 @@ def pool_forward(x: np.ndarray, y: np.ndarray, argmax: np.ndarray, k: int, strid
     and argmax: (batch, Hy, Wo, C) int32 from output row ``y_row0``.  mode: "max" or "avg".
     """
     i0, i1 = _rows(x.shape, y.shape, k, stride, rows, x_row0, y_row0, mode)
-    _flat("x", x, 4), _flat("y", y, 4), _int32("argmax", argmax, y.shape)
-    _forward(x, y, argmax, k, stride, x_row0, y_row0, i0, i1, mode == "max")
+    xf, yf = _flat("x", x, 4), _flat("y", y, 4)
+    _int32("argmax", argmax, y.shape)
+    if i1 > i0:
+        _kernel(True, x.shape[3], k, stride, mode == "max")(
+            xf, yf, argmax.reshape(-1), *x.shape, y.shape[1], y.shape[2], x_row0, y_row0, i0, i1)
 
 
 def pool_backward(dy: np.ndarray, argmax: np.ndarray, dx: np.ndarray, k: int, stride: int, mode: str,
@@ -132,9 +209,12 @@ def pool_backward(dy: np.ndarray, argmax: np.ndarray, dx: np.ndarray, k: int, st
     (stride < k) are summed per input element in (i, j) order by one thread: deterministic.
     """
     i0, i1 = _rows(dx.shape, dy.shape, k, stride, rows, x_row0, y_row0, mode)
-    _flat("dy", dy, 4), _flat("dx", dx, 4), _int32("argmax", argmax, dy.shape)
+    dyf, dxf = _flat("dy", dy, 4), _flat("dx", dx, 4)
+    _int32("argmax", argmax, dy.shape)
     h0, h1 = (i0 * stride - x_row0, (i1 - 1) * stride + k - x_row0) if i1 > i0 else (0, 0)
     if not accumulate:
         dx[:, :h0] = 0.0
         dx[:, h1:] = 0.0
-    _backward(dy, argmax, dx, k, stride, x_row0, y_row0, i0, i1, h0, h1, mode == "max", bool(accumulate))
+    if h1 > h0:
+        _kernel(False, dx.shape[3], k, stride, mode == "max", bool(accumulate))(
+            dyf, argmax.reshape(-1), dxf, *dx.shape, dy.shape[1], dy.shape[2], x_row0, y_row0, i0, i1, h0, h1)
