@@ -39,7 +39,7 @@ lr = 0.05
 algorithm = "{algorithm}"
 batch_size = 32
 eval_every_seconds = 0
-eval_examples = 500
+eval_examples = 0  # the whole test set: floors without 2% of sampling noise
 checkpoint_every_seconds = 0
 [topology]
 shards = {shards}
@@ -124,7 +124,7 @@ def test_a_failed_replica_does_not_stop_the_others(tmp_path, fashion_mnist_h5, i
     assert s["lost_replicas"] == [2] and s["stopped_because"] == "reached 600 steps"
     failed = s["replicas"][2]
     assert failed["state"] == "failed" and failed["steps"] == 2 and "injected fault" in failed["error"]
-    assert s["examples_seen"] >= 600 * 32 and s["final_test_accuracy"] > 0.65  # runs reach 0.69-0.82
+    assert s["examples_seen"] >= 600 * 32 and s["final_test_accuracy"] > 0.65  # 0.75-0.76 (full test set); 0.64 seen on 500
 
 
 def test_nan_gradient_is_rejected_not_applied(tmp_path, fashion_mnist_h5):
