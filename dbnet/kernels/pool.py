@@ -23,7 +23,7 @@ MODES = ("max", "avg")
 U = nb.uint64  # unsigned flat indices: no negative-index wraparound, contiguous loads for LLVM
 
 
-def _make_forward(CB, k, s, is_max):
+def _make_forward(CB, one, k, s, is_max):
     """The forward kernel for channel blocks of ``CB`` lanes (C a multiple of CB) and the
     window ``k``, stride ``s`` (compile-time constants: the window loops unroll).
 
@@ -45,7 +45,7 @@ def _make_forward(CB, k, s, is_max):
             acc = nb.carray(_stack(CB, np.float32), (CB,))
             at = nb.carray(_stack(CB, np.int32), (CB,))
             for j in range(Wo):
-                for c0 in range(0, C, CB):
+                for c0 in range(0, CB if one else C, CB):
                     xo = xb + j * sC + c0
                     yo = yb + j * C + c0
                     if is_max:
@@ -78,7 +78,7 @@ def _make_forward(CB, k, s, is_max):
     return kernel
 
 
-def _make_backward(CB, k, s, is_max, accumulate):
+def _make_backward(CB, one, k, s, is_max, accumulate):
     """The dx kernel for channel blocks of ``CB`` lanes, window ``k``, stride ``s``: a gather
     per input element.
 
@@ -112,14 +112,14 @@ def _make_backward(CB, k, s, is_max, accumulate):
             ihi = min(i1 - 1, h // s)
             xb = (bb * Hx + hl) * xrow
             acc = nb.carray(_stack(CB, np.float32), (CB,))
-            for r in range(min(s, W)):
+            for r in range(s):  # a constant: unrolled, d a constant per residue
                 d = (k - 1 - r) // s if k - 1 >= r else -1
                 for m in range((W - r + s - 1) // s):
                     col = m * s + r
                     inner = m >= d and m < Wo  # all d + 1 windows j in [m - d, m] exist
                     jlo = max(0, m - d)
                     jhi = min(Wo - 1, m)
-                    for c0 in range(0, C, CB):
+                    for c0 in range(0, CB if one else C, CB):
                         for cc in range(CB):
                             acc[cc] = 0.0
                         for i in range(ilo, ihi + 1):
@@ -143,18 +143,20 @@ def _make_backward(CB, k, s, is_max, accumulate):
 
 
 _F, _A, _I = nb.float32[::1], nb.int32[::1], nb.int64
-_KERNELS: dict = {}  # (forward?, lanes, k, stride, max?, accumulate?) -> kernel, compiled on first use
+_KERNELS: dict = {}  # (forward?, lanes, lanes == C?, k, stride, max?, accumulate?) -> kernel, compiled on first use
 
 
 def _lanes(C: int) -> int:
-    """Channels per register block: C's largest power-of-two divisor, at most 16."""
-    return next(t for t in (16, 8, 4, 2, 1) if C % t == 0)
+    """Channels per register block: C's largest power-of-two divisor, at most 16; and
+    whether that is all of C (then the loop over blocks is a compile-time single pass)."""
+    lanes = next(t for t in (16, 8, 4, 2, 1) if C % t == 0)
+    return lanes, lanes == C
 
 
 def _kernel(forward: bool, C: int, k: int, s: int, is_max: bool, accumulate: bool = False) -> _Kernel:
-    key = forward, _lanes(C), k, s, is_max, accumulate and not forward
+    key = forward, *_lanes(C), k, s, is_max, accumulate and not forward
     if key not in _KERNELS:
-        _KERNELS[key] = _Kernel(_make_forward(*key[1:5]), (_F, _F, _A) + (_I,) * 10) if forward else \
+        _KERNELS[key] = _Kernel(_make_forward(*key[1:6]), (_F, _F, _A) + (_I,) * 10) if forward else \
             _Kernel(_make_backward(*key[1:]), (_F, _A, _F) + (_I,) * 12)
     return _KERNELS[key]
 
