@@ -76,7 +76,7 @@ def stop_one_rank(n: int, args: list[str], runs: Path, pick, *, impl: str = "ope
     proc = subprocess.Popen([*cmd, "-n", str(n), sys.executable, "-m", "dbnet", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
     try:
-        started, deadline = [], time.monotonic() + 60
+        started, deadline = [], time.monotonic() + 120  # a cold Numba cache compiles on every rank first
         while not started and time.monotonic() < deadline:
             started = list(runs.glob("*/checkpoints/ckpt-*.h5")) if runs.exists() else []
             time.sleep(0.1)

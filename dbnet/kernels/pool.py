@@ -90,16 +90,6 @@ def _make_backward(CB, one, k, s, is_max, accumulate):
     away from the edges."""
     scale = np.float32(1.0 / (k * k))
 
-    @nb.njit(inline="always")
-    def add(acc, dyf, af, o, code):
-        if is_max:
-            for cc in range(CB):
-                g = dyf[U(o + cc)]
-                acc[cc] += g if af[U(o + cc)] == code else np.float32(0.0)
-        else:
-            for cc in range(CB):
-                acc[cc] += dyf[U(o + cc)] * scale
-
     @nb.njit(**_JIT)
     def kernel(dyf, af, dxf, B, Hx, W, C, Hy, Wo, x_row0, y_row0, i0, i1, h0, h1):
         nh = h1 - h0
@@ -128,10 +118,26 @@ def _make_backward(CB, one, k, s, is_max, accumulate):
                             if inner:
                                 for t in range(d + 1):
                                     j = m - d + t
-                                    add(acc, dyf, af, yb + j * C, np.int32(code0 - j * s))
+                                    o = yb + j * C
+                                    code = np.int32(code0 - j * s)
+                                    if is_max:  # (inlined: a nested dispatcher would defeat the disk cache)
+                                        for cc in range(CB):
+                                            g = dyf[U(o + cc)]
+                                            acc[cc] += g if af[U(o + cc)] == code else np.float32(0.0)
+                                    else:
+                                        for cc in range(CB):
+                                            acc[cc] += dyf[U(o + cc)] * scale
                             else:
                                 for j in range(jlo, jhi + 1):
-                                    add(acc, dyf, af, yb + j * C, np.int32(code0 - j * s))
+                                    o = yb + j * C
+                                    code = np.int32(code0 - j * s)
+                                    if is_max:
+                                        for cc in range(CB):
+                                            g = dyf[U(o + cc)]
+                                            acc[cc] += g if af[U(o + cc)] == code else np.float32(0.0)
+                                    else:
+                                        for cc in range(CB):
+                                            acc[cc] += dyf[U(o + cc)] * scale
                         xo = xb + col * C + c0
                         for cc in range(CB):
                             if accumulate:
