@@ -59,13 +59,10 @@ class _Partitions:
     """P ranks, one replica (collective over ``comm``, the replica's communicator; the lead is its rank 0)."""
 
     def __init__(self, comm, timeout: float):
-        from dbnet.mp.plan import part_ranges
-
         self.comm, self.timeout = comm, timeout
         self.parts, self.part = comm.Get_size(), comm.Get_rank()
         self.lead = self.part == 0
         self._flags = np.zeros(3, np.int64)
-        self._ranges = part_ranges
 
     def local(self, spec, canonical: np.ndarray) -> np.ndarray:
         from dbnet.mp.plan import from_canonical
@@ -88,9 +85,9 @@ class _Partitions:
         from mpi4py import MPI
 
         from dbnet.mp.exchange import wait_all
-        from dbnet.mp.plan import to_canonical
+        from dbnet.mp.plan import part_ranges, to_canonical
 
-        ranges = self._ranges(spec, self.parts)
+        ranges = part_ranges(spec, self.parts)
         full = np.empty(spec.n_params, np.float32) if self.lead else None
         counts = [hi - lo for lo, hi in ranges]
         req = self.comm.Igatherv([local, MPI.FLOAT], [full, (counts, [lo for lo, _ in ranges]), MPI.FLOAT]

@@ -568,13 +568,21 @@ def _geometry(x, y, w, k, stride, rows, x_row0, y_row0):
         raise ValueError(f"width: {Wx} input columns give {output_size(Wx, k, stride)} outputs for "
                          f"k={k}, stride={stride}, the output has {Wo}")
     _expect("w", w, (Hy, Wo, k, k, C, M))
+    i0, i1 = band_rows(Hx, Hy, k, stride, rows, x_row0, y_row0)
+    return B, Hx, Wx, C, Hy, Wo, M, k, stride, x_row0, y_row0, i0, i1
+
+
+def band_rows(Hx: int, Hy: int, k: int, stride: int, rows, x_row0: int, y_row0: int) -> tuple[int, int]:
+    """The output rows ``(i0, i1)`` to compute (``rows``, default the whole output band), checked against
+    the bands: inside the output band ``[y_row0, y_row0 + Hy)``, reading only input rows of
+    ``[x_row0, x_row0 + Hx)``.  Shared by the LC and pooling kernels."""
     i0, i1 = (y_row0, y_row0 + Hy) if rows is None else (int(rows[0]), int(rows[1]))
     if not y_row0 <= i0 <= i1 <= y_row0 + Hy:
         raise ValueError(f"rows {(i0, i1)} outside the output band [{y_row0}, {y_row0 + Hy})")
     if i1 > i0 and not (x_row0 <= i0 * stride and (i1 - 1) * stride + k <= x_row0 + Hx):
         raise ValueError(f"output rows [{i0}, {i1}) read input rows [{i0 * stride}, {(i1 - 1) * stride + k}), "
                          f"the x band holds [{x_row0}, {x_row0 + Hx})")
-    return B, Hx, Wx, C, Hy, Wo, M, k, stride, x_row0, y_row0, i0, i1
+    return i0, i1
 
 
 def lc_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, k: int, stride: int,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from dbnet.kernels.local import _Kernel, _flat, _stack, output_size
+from dbnet.kernels.local import _Kernel, _flat, _stack, band_rows, output_size
 
 _JIT = dict(nogil=True, cache=True, parallel=True)
 MODES = ("max", "avg")
@@ -173,16 +173,10 @@ def _rows(x_shape, y_shape, k, stride, rows, x_row0, y_row0, mode):
     if k < 1 or stride < 1:
         raise ValueError(f"need k >= 1 and stride >= 1, got k={k}, stride={stride}")
     B, Hx, W, C = x_shape
-    Hy, Wo = y_shape[1], y_shape[2]
+    Hy = y_shape[1]
     if y_shape != (B, Hy, output_size(W, k, stride), C):
         raise ValueError(f"output shape {y_shape} does not fit input {x_shape} with k={k}, stride={stride}")
-    i0, i1 = (y_row0, y_row0 + Hy) if rows is None else (int(rows[0]), int(rows[1]))
-    if not y_row0 <= i0 <= i1 <= y_row0 + Hy:
-        raise ValueError(f"rows {(i0, i1)} outside the output band [{y_row0}, {y_row0 + Hy})")
-    if i1 > i0 and not (x_row0 <= i0 * stride and (i1 - 1) * stride + k <= x_row0 + Hx):
-        raise ValueError(f"output rows [{i0}, {i1}) read input rows [{i0 * stride}, {(i1 - 1) * stride + k}), "
-                         f"the x band holds [{x_row0}, {x_row0 + Hx})")
-    return i0, i1
+    return band_rows(Hx, Hy, k, stride, rows, x_row0, y_row0)
 
 
 def _int32(name: str, a: np.ndarray, shape: tuple) -> None:

@@ -226,15 +226,3 @@ def from_canonical(spec: NetSpec, parts: int, canon: np.ndarray, out: np.ndarray
                 b[...] = cb
     return out
 
-
-def describe(spec: NetSpec, parts: int) -> list[dict]:
-    """Per partition: parameters, and per layer the rows/units owned and the columns received per example."""
-    out = []
-    for p in range(parts):
-        ex = exchanges(spec, parts, p)
-        out.append({
-            "partition": p, "params": part_sizes(spec, parts)[p],
-            "layers": [{"owns": [lp.lo, lp.hi], "recv_floats_per_example": sum(h - lo for _, lo, h in e.recv)}
-                       for lp, e in zip(plan(spec, parts)[p], ex)],
-        })
-    return out
